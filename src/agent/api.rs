@@ -1,0 +1,155 @@
+//! The agent's HTTP API: health, readiness, metrics, host status, configuration and the live
+//! view of instances. GET (and HEAD) only; JSON answers under `{"data": …}`, errors under
+//! `{"error": {"code", "message"}}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::Registry;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::engine::store::Store;
+use crate::health::{Health, Readiness};
+use crate::http::{self, AccessPolicy};
+use crate::inventory::host;
+use crate::metrics::{self, AgentMetrics};
+
+/// What the handlers read.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    /// The live view.
+    pub store: Arc<Store>,
+    /// The agent's health.
+    pub health: Arc<Health>,
+    /// Readiness.
+    pub readiness: Arc<Readiness>,
+    /// Metrics registry.
+    pub registry: Registry,
+    /// Metrics (process figures are refreshed at each scrape).
+    pub metrics: AgentMetrics,
+    /// The effective configuration, as served.
+    pub config: Arc<Value>,
+}
+
+/// Longest silence of the runtime's heartbeat before `/healthz` fails.
+pub const MAX_HEARTBEAT_SILENCE: Duration = Duration::from_secs(30);
+
+/// The agent's routes.
+pub fn router(state: ApiState, access: AccessPolicy, request_timeout: Duration) -> Router {
+    let sensitive = Router::new().route("/v1/host/config", get(config)).route_layer(
+        axum::middleware::from_fn(move |req, next| http::require_access(access.clone(), req, next)),
+    );
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/health", get(health))
+        .route("/v1/host/status", get(host_status))
+        .route("/v1/instances", get(instances))
+        .route("/v1/instances/{id}", get(instance))
+        .route("/v1/healthchecks", get(healthchecks))
+        .merge(sensitive)
+        .fallback(http::not_found)
+        .layer(axum::middleware::from_fn(move |req, next| http::request_timeout(request_timeout, req, next)))
+        .with_state(state)
+}
+
+fn data<T: Serialize>(value: T) -> Response {
+    axum::Json(json!({ "data": value })).into_response()
+}
+
+async fn healthz(State(s): State<ApiState>) -> Response {
+    if s.health.alive(MAX_HEARTBEAT_SILENCE) {
+        "ok\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not alive: a long-lived task stopped or the runtime is stalled\n")
+            .into_response()
+    }
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    if s.readiness.is_ready() {
+        "ready\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: sources have not synced, or a long-lived task stopped\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<ApiState>) -> Response {
+    s.metrics.process.refresh();
+    match metrics::encode(&s.registry) {
+        Ok(text) => http::prometheus_text(text),
+        Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")),
+    }
+}
+
+/// `/v1/health`: answered from memory.
+async fn health(State(s): State<ApiState>) -> Response {
+    let snapshot = s.health.snapshot();
+    let (checks, instances) = s.store.sizes();
+    let body = json!({
+        "status": if snapshot.healthy { "healthy" } else { "degraded" },
+        "reasons": snapshot.reasons,
+        "version": env!("CARGO_PKG_VERSION"),
+        "ready": s.readiness.is_ready(),
+        "checks": checks,
+        "instances": instances,
+    });
+    // Degraded is still an answer: 200. Liveness is /healthz.
+    axum::Json(body).into_response()
+}
+
+/// `/v1/host/status`: /proc read now, claims from the live view.
+async fn host_status(State(s): State<ApiState>) -> Response {
+    let figures = match tokio::task::spawn_blocking(host::figures).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return http::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let claims = s.store.claims();
+    data(json!({
+        "hostname": figures.hostname,
+        "total_cpus": figures.total_cpus,
+        "used_cpus": claims.cpus,
+        "total_memory_mb": figures.total_memory_mb,
+        "available_memory_mb": figures.available_memory_mb,
+        "used_memory_mb": claims.memory_mb,
+        "running_vms": claims.vms.0,
+        "total_vms": claims.vms.1,
+        "running_containers": claims.containers.0,
+        "total_containers": claims.containers.1,
+        "running_instances": claims.all.0,
+        "total_instances": claims.all.1,
+        "uptime_seconds": figures.uptime_seconds,
+        "load_average": figures.load_average,
+    }))
+}
+
+async fn config(State(s): State<ApiState>) -> Response {
+    data(s.config.as_ref())
+}
+
+async fn instances(State(s): State<ApiState>) -> Response {
+    data(s.store.instance_docs())
+}
+
+async fn instance(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    match s.store.instance_doc(&id) {
+        Some(doc) => data(doc),
+        None => http::error(StatusCode::NOT_FOUND, format!("no instance {id:?} on this agent")),
+    }
+}
+
+async fn healthchecks(State(s): State<ApiState>) -> Response {
+    data(s.store.check_docs())
+}

@@ -1,0 +1,432 @@
+//! The agent: sources and inventory in, probes scheduled, status kept and reported.
+//!
+//! Long-lived tasks run in one `JoinSet`. If any ends before shutdown, the agent logs why, turns
+//! unready and unhealthy, and exits non-zero: a silently dead reporter must not look alive.
+
+pub mod api;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::cli::AgentArgs;
+use crate::engine::clock::SystemClock;
+use crate::engine::planner::{self, NodeInfo, Sources};
+use crate::engine::remediation::{ExecAction, Executors};
+use crate::engine::scheduler::{Scheduler, SchedulerConfig};
+use crate::engine::store::Store;
+use crate::health::{Health, Readiness};
+use crate::http::{self, AccessPolicy, ServerConfig};
+use crate::inventory::Instance;
+use crate::inventory::host::{self, PressureThresholds};
+use crate::metrics::AgentMetrics;
+use crate::probe::Prober;
+use crate::report::statedir::{Reporter, StateDir, StateDirError};
+use crate::source::Catalog;
+use crate::source::folder::{self, FolderError, Snapshot};
+
+/// The agent's effective configuration (served by `/v1/host/config`).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentConfig {
+    /// Mode: `standalone`.
+    pub mode: &'static str,
+    /// HealthCheck folder.
+    pub checks_dir: PathBuf,
+    /// State folder.
+    pub state_dir: PathBuf,
+    /// HTTP listener.
+    pub listen: SocketAddr,
+    /// This node.
+    pub node_name: String,
+    /// Its labels.
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    /// Namespace of the documents written.
+    pub namespace: String,
+    /// Scheduler limits.
+    #[serde(flatten)]
+    pub scheduler: SchedulerLimits,
+    /// Host assessment period, seconds.
+    pub host_interval_seconds: f64,
+    /// Deferred-write period, seconds.
+    pub status_refresh_seconds: f64,
+    /// Folder rescan period, seconds.
+    pub rescan_interval_seconds: f64,
+    /// Host pressure thresholds.
+    pub pressure: PressureThresholds,
+    /// Token file for sensitive routes (its content is never served).
+    pub api_token_file: Option<PathBuf>,
+    /// HTTP server limits.
+    pub server: ServerConfig,
+    /// vigil's version.
+    pub version: &'static str,
+}
+
+/// Scheduler limits, as served.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulerLimits {
+    /// Probes at once.
+    pub max_concurrent_probes: usize,
+    /// Exec probes at once.
+    pub max_concurrent_exec: usize,
+}
+
+/// Why the agent could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The token file could not be read.
+    #[error("cannot read the API token file {path}")]
+    ReadToken {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state folder cannot be used.
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    /// The checks folder cannot be read.
+    #[error(transparent)]
+    Checks(#[from] FolderError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("cannot register metrics")]
+    Metrics(#[source] prometheus::Error),
+    /// A long-lived task ended before shutdown.
+    #[error("{task} stopped unexpectedly: {reason}")]
+    TaskEnded {
+        /// Which task.
+        task: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl AgentConfig {
+    /// The configuration the arguments describe.
+    pub fn from_args(args: AgentArgs) -> AgentConfig {
+        let AgentArgs {
+            checks_dir,
+            state_dir,
+            listen,
+            node_name,
+            node_labels,
+            namespace,
+            max_concurrent_probes,
+            max_concurrent_exec,
+            host_interval,
+            status_refresh,
+            rescan_interval,
+            memory_pressure_mb,
+            disk_pressure_percent,
+            api_token_file,
+        } = args;
+        let node_name = node_name.unwrap_or_else(|| {
+            host::figures().map(|f| f.hostname).unwrap_or_else(|_| "localhost".to_owned())
+        });
+        AgentConfig {
+            mode: "standalone",
+            checks_dir,
+            state_dir,
+            listen,
+            node_name,
+            node_labels: node_labels.into_iter().collect(),
+            namespace,
+            scheduler: SchedulerLimits { max_concurrent_probes, max_concurrent_exec },
+            host_interval_seconds: host_interval.as_secs_f64(),
+            status_refresh_seconds: status_refresh.as_secs_f64(),
+            rescan_interval_seconds: rescan_interval.as_secs_f64(),
+            pressure: PressureThresholds {
+                memory_available_bytes: memory_pressure_mb.saturating_mul(1024 * 1024),
+                disk_available_percent: disk_pressure_percent,
+                ..PressureThresholds::default()
+            },
+            api_token_file,
+            server: ServerConfig::default(),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.001))
+}
+
+/// Turns sources into plans and plans into running workers.
+struct Reconciler {
+    catalog: Catalog,
+    scheduler: Scheduler,
+    store: Arc<Store>,
+    node: NodeInfo,
+    health: Arc<Health>,
+    metrics: AgentMetrics,
+    reported: BTreeSet<String>,
+}
+
+impl Reconciler {
+    fn apply(&mut self, snapshot: Snapshot) {
+        let errors: Vec<String> = snapshot.errors.iter().map(ToString::to_string).collect();
+        let infos = self.catalog.update(snapshot.objects, false);
+        let mut problems: BTreeSet<String> = errors.iter().cloned().collect();
+        for info in &infos {
+            if let Some(invalid) = &info.invalid {
+                problems.insert(format!("HealthCheck {} is invalid: {invalid}", info.key));
+            }
+        }
+        for p in problems.difference(&self.reported) {
+            warn!("{p}");
+        }
+        self.reported = problems;
+        self.metrics.config_errors.set(i64::try_from(errors.len()).unwrap_or(i64::MAX));
+        self.health.set("checks", errors);
+        self.store.set_checks(infos);
+        self.replan();
+    }
+
+    fn replan(&mut self) {
+        let discovered = [Instance::host(&self.node.name)];
+        let plan = planner::plan(&self.node, &self.catalog.running(), &discovered, Sources::default());
+        self.scheduler.apply(plan);
+    }
+}
+
+/// Runs the standalone agent until `shutdown` resolves.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let registry = Registry::new();
+    let metrics = AgentMetrics::register(&registry).map_err(AgentError::Metrics)?;
+    let health = Health::new();
+    let readiness = Readiness::new();
+    let synced = readiness.handle("checks folder loaded");
+    let token = match &config.api_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map(|t| t.trim().to_owned())
+                .map_err(|source| AgentError::ReadToken { path: path.clone(), source })?,
+        ),
+        None => None,
+    };
+
+    let state_dir = StateDir::open(&config.state_dir)?;
+    let store =
+        Arc::new(Store::new(&config.node_name, &config.namespace, Arc::new(SystemClock), metrics.clone()));
+    let (restored, problems) = state_dir.load_instances();
+    for p in &problems {
+        warn!("{p}");
+    }
+    info!(instances = restored.len(), dir = %config.state_dir.display(), "state restored");
+    store.restore(restored);
+    let watched = vec![PathBuf::from("/"), config.state_dir.clone()];
+    store.set_host_health(host::assess(&config.pressure, &watched));
+
+    let executors = Executors { exec: Some(Arc::new(ExecAction)), ..Executors::default() };
+    let scheduler = Scheduler::new(
+        store.clone(),
+        Prober::new(),
+        executors,
+        SchedulerConfig {
+            max_concurrent_probes: config.scheduler.max_concurrent_probes,
+            max_concurrent_exec: config.scheduler.max_concurrent_exec,
+        },
+        metrics.clone(),
+    );
+    let mut reconciler = Reconciler {
+        catalog: Catalog::default(),
+        scheduler,
+        store: store.clone(),
+        node: NodeInfo { name: config.node_name.clone(), labels: config.node_labels.clone() },
+        health: health.clone(),
+        metrics: metrics.clone(),
+        reported: BTreeSet::new(),
+    };
+    let snapshot = folder::load(&config.checks_dir)?;
+    reconciler.apply(snapshot);
+    store.finish_restore();
+    let (checks, instances) = store.sizes();
+    info!(checks, instances, dir = %config.checks_dir.display(), "checks loaded");
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Listen { addr: config.listen, source })?;
+    info!(listen = %config.listen, "serving the HTTP API");
+    synced.release();
+
+    let cancel = CancellationToken::new();
+    let mut tasks: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
+
+    let (snapshots_tx, mut snapshots) = mpsc::channel(4);
+    tasks.spawn(folder_watch(
+        config.checks_dir.clone(),
+        secs(config.rescan_interval_seconds),
+        snapshots_tx,
+        cancel.clone(),
+    ));
+
+    {
+        let cancel = cancel.clone();
+        let health = health.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    got = snapshots.recv() => match got {
+                        Some(Ok(snapshot)) => {
+                            health.set("checks folder", Vec::new());
+                            reconciler.apply(snapshot);
+                        }
+                        Some(Err(e)) => {
+                            let problem = format!("{e}: {}; keeping the checks loaded before", error_chain(&e));
+                            warn!("{problem}");
+                            health.set("checks folder", vec![problem]);
+                        }
+                        None => return ("reconciler", Err("the checks watcher went away".to_owned())),
+                    },
+                }
+            }
+            // Workers stop here, before the last write.
+            reconciler.scheduler.clear();
+            ("reconciler", Ok(()))
+        });
+    }
+
+    {
+        let store = store.clone();
+        let cancel = cancel.clone();
+        let pressure = config.pressure.clone();
+        let period = secs(config.host_interval_seconds);
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return ("host monitor", Ok(())),
+                    _ = tick.tick() => {}
+                }
+                let (pressure, watched) = (pressure.clone(), watched.clone());
+                match tokio::task::spawn_blocking(move || host::assess(&pressure, &watched)).await {
+                    Ok(h) => store.set_host_health(h),
+                    Err(e) => return ("host monitor", Err(e.to_string())),
+                }
+            }
+        });
+    }
+
+    {
+        let reporter = Reporter::new(
+            state_dir,
+            store.clone(),
+            health.clone(),
+            metrics.clone(),
+            secs(config.status_refresh_seconds),
+        );
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            reporter.run(cancel.cancelled_owned()).await;
+            ("state reporter", Ok(()))
+        });
+    }
+
+    {
+        let health = health.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return ("heartbeat", Ok(())),
+                    _ = tick.tick() => health.beat(),
+                }
+            }
+        });
+    }
+
+    {
+        let config_json = serde_json::to_value(&config).unwrap_or_default();
+        let state = api::ApiState {
+            store: store.clone(),
+            health: health.clone(),
+            readiness: readiness.clone(),
+            registry,
+            metrics: metrics.clone(),
+            config: Arc::new(config_json),
+        };
+        let router = api::router(state, AccessPolicy { token }, config.server.request_timeout);
+        let server = config.server;
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            let result = http::serve(listener, router, server, cancel.cancelled_owned()).await;
+            ("http server", result.map_err(|e| e.to_string()))
+        });
+    }
+
+    tokio::pin!(shutdown);
+    let outcome = tokio::select! {
+        () = &mut shutdown => {
+            info!("shutting down");
+            Ok(())
+        }
+        ended = tasks.join_next() => {
+            let (task, reason) = match ended {
+                Some(Ok((task, Ok(())))) => (task, "it returned".to_owned()),
+                Some(Ok((task, Err(e)))) => (task, e),
+                Some(Err(e)) => ("a task", if e.is_panic() { "it panicked".to_owned() } else { e.to_string() }),
+                None => ("every task", "none left".to_owned()),
+            };
+            error!(task, reason = %reason, "a long-lived task stopped; exiting");
+            readiness.break_readiness();
+            health.set_fatal("agent", format!("{task} stopped: {reason}"));
+            Err(AgentError::TaskEnded { task, reason })
+        }
+    };
+    cancel.cancel();
+    // The reporter writes everything once more on its way out.
+    let drained =
+        tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} })
+            .await;
+    if drained.is_err() {
+        warn!("some tasks did not stop within 10s");
+    }
+    outcome
+}
+
+async fn folder_watch(
+    dir: PathBuf,
+    rescan: Duration,
+    tx: mpsc::Sender<Result<Snapshot, FolderError>>,
+    cancel: CancellationToken,
+) -> (&'static str, Result<(), String>) {
+    tokio::select! {
+        () = folder::watch(dir, rescan, tx) => ("checks watcher", Err("the watcher ended".to_owned())),
+        () = cancel.cancelled() => ("checks watcher", Ok(())),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
+}

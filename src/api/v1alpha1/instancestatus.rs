@@ -1,0 +1,281 @@
+//! `InstanceStatus`: one per monitored instance, read like EC2's DescribeInstanceStatus.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The instance this status describes. Written by the agent of the instance's node.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "vigil.dev",
+    version = "v1alpha1",
+    kind = "InstanceStatus",
+    namespaced,
+    status = "InstanceStatusStatus",
+    shortname = "ist",
+    category = "vigil",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.instance.node"}"#,
+    printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.instance.kind"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"System","type":"string","jsonPath":".status.systemStatus.status"}"#,
+    printcolumn = r#"{"name":"Instance","type":"string","jsonPath":".status.instanceStatus.status"}"#,
+    printcolumn = r#"{"name":"Volumes","type":"string","jsonPath":".status.attachedVolumeStatus.status"}"#,
+    printcolumn = r#"{"name":"Restarts","type":"integer","jsonPath":".status.restarts.count","priority":1}"#,
+    printcolumn = r#"{"name":"Name","type":"string","jsonPath":".spec.instance.name","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatusSpec {
+    /// Which instance.
+    pub instance: InstanceRef,
+}
+
+/// Identity of a monitored instance.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRef {
+    /// `Pod`, `Container`, `VM`, `Host` or `Endpoint`.
+    pub kind: InstanceKind,
+    /// Stable id: the pod UID, the container id, the VM's name, the node name, or the
+    /// endpoint address.
+    pub id: String,
+    /// Human name: pod name, container name, VM name, hostname or address.
+    pub name: String,
+    /// Node whose agent observes this instance.
+    pub node: String,
+    /// Address probes are sent to, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// Kind of monitored instance.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InstanceKind {
+    /// A Kubernetes pod.
+    Pod,
+    /// A Docker container.
+    Container,
+    /// A QEMU virtual machine.
+    #[serde(rename = "VM")]
+    Vm,
+    /// A node.
+    Host,
+    /// A fixed network address, as seen from one node.
+    Endpoint,
+}
+
+impl InstanceKind {
+    /// The name as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceKind::Pod => "Pod",
+            InstanceKind::Container => "Container",
+            InstanceKind::Vm => "VM",
+            InstanceKind::Host => "Host",
+            InstanceKind::Endpoint => "Endpoint",
+        }
+    }
+}
+
+/// Observed state of an instance and its three status checks.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatusStatus {
+    /// Run state of the instance.
+    #[serde(default)]
+    pub state: InstanceState,
+
+    /// The host under the instance: host memory and disk pressure, the container or VM
+    /// runtime reachable, the agent's heartbeat.
+    #[serde(default)]
+    pub system_status: StatusSummary,
+
+    /// The instance itself: probe results, guest agent, run state.
+    #[serde(default)]
+    pub instance_status: StatusSummary,
+
+    /// Block devices, volumes and filesystems: present, writable where they should be, not
+    /// erroring.
+    #[serde(default)]
+    pub attached_volume_status: StatusSummary,
+
+    /// One entry per HealthCheck that applies to this instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckResult>,
+
+    /// Remediation actions taken on this instance.
+    #[serde(default)]
+    pub restarts: Restarts,
+}
+
+/// Run state of an instance.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum InstanceState {
+    /// Running.
+    Running,
+    /// Paused or suspended by its operator.
+    Paused,
+    /// Being restarted.
+    Restarting,
+    /// Stopped, exited or shut down.
+    Stopped,
+    /// Not known (yet).
+    #[default]
+    Unknown,
+}
+
+/// A status check (System, Instance or Attached volumes): an overall status and the details it
+/// is made of. The overall status is the worst detail: `impaired`, then `insufficient-data`,
+/// then `initializing`, then `ok`; `not-applicable` when there is nothing to check.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusSummary {
+    /// Overall status.
+    #[serde(default)]
+    pub status: CheckStatus,
+    /// What the status is made of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<StatusDetail>,
+}
+
+/// One part of a status check.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusDetail {
+    /// What was checked: `reachability`, `memory-pressure`, a HealthCheck as
+    /// `namespace/name`, a device name…
+    pub name: String,
+    /// Its status.
+    pub status: CheckStatus,
+    /// When it became impaired; absent unless impaired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impaired_since: Option<Time>,
+    /// Why, in a few words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Status of a check, as EC2 reports its status checks.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckStatus {
+    /// Passing.
+    Ok,
+    /// Failing.
+    Impaired,
+    /// The check could not be run (probe error, runtime unreachable).
+    InsufficientData,
+    /// Not enough results yet.
+    #[default]
+    Initializing,
+    /// Nothing to check, or deliberately not checked (paused, suspended).
+    NotApplicable,
+}
+
+impl CheckStatus {
+    /// The name as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Ok => "ok",
+            CheckStatus::Impaired => "impaired",
+            CheckStatus::InsufficientData => "insufficient-data",
+            CheckStatus::Initializing => "initializing",
+            CheckStatus::NotApplicable => "not-applicable",
+        }
+    }
+
+    /// Severity used to combine details: higher is worse.
+    pub fn severity(self) -> u8 {
+        match self {
+            CheckStatus::NotApplicable => 0,
+            CheckStatus::Ok => 1,
+            CheckStatus::Initializing => 2,
+            CheckStatus::InsufficientData => 3,
+            CheckStatus::Impaired => 4,
+        }
+    }
+
+    /// The overall status of a set of details: the worst one, `not-applicable` when empty or
+    /// when every detail is.
+    pub fn worst(statuses: impl IntoIterator<Item = CheckStatus>) -> CheckStatus {
+        statuses.into_iter().max_by_key(|s| s.severity()).unwrap_or(CheckStatus::NotApplicable)
+    }
+}
+
+/// The state of one HealthCheck on one instance.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckResult {
+    /// The HealthCheck, as `namespace/name`.
+    pub health_check: String,
+    /// Kind of probe.
+    pub probe: String,
+    /// Current status.
+    pub status: CheckStatus,
+    /// Failed probes in a row (as of the last recorded change; `/v1/instances` has the live
+    /// count).
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// Passed probes in a row (as of the last recorded change).
+    #[serde(default)]
+    pub consecutive_successes: u32,
+    /// Probes in a row that could not run (as of the last recorded change).
+    #[serde(default)]
+    pub consecutive_errors: u32,
+    /// Time of the probe behind the last recorded change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<Time>,
+    /// When `status` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    /// When the check became impaired; absent unless impaired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impaired_since: Option<Time>,
+    /// Machine-readable reason of the last failure: `timeout`, `refused`, `dns`, `tls`,
+    /// `status`, `body`, `exit-code`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the last probe said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Remediation actions taken on an instance.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Restarts {
+    /// Actions taken since the instance was first seen.
+    #[serde(default)]
+    pub count: u32,
+    /// Time of the last action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<Time>,
+    /// Why the last action was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reason: Option<String>,
+    /// The most recent actions (at most 10), oldest first: the restart budget and backoff are
+    /// computed from these, so they survive an agent restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<RestartRecord>,
+}
+
+/// One remediation action.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartRecord {
+    /// When it was taken.
+    pub time: Time,
+    /// The HealthCheck that asked for it, as `namespace/name`.
+    pub health_check: String,
+    /// The action (`restartContainer`, `exec`…).
+    pub action: String,
+    /// Whether it succeeded.
+    pub succeeded: bool,
+    /// Why it was taken, and what came of it.
+    pub message: String,
+}

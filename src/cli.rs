@@ -1,0 +1,192 @@
+//! Command-line arguments, one `Args` struct per subcommand.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Health checks for pods, containers, VMs and nodes, reported like a cloud provider's status
+/// checks.
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "plain", env = "VIGIL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log filter (`info`, `vigil=debug`, …); `RUST_LOG` works too.
+    #[arg(long, global = true, default_value = "info", env = "VIGIL_LOG")]
+    pub log_level: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: probe, track status, report, remediate.
+    Agent(AgentArgs),
+    /// Print the CustomResourceDefinitions.
+    Crd,
+    /// Run one probe now and print the outcome (exit 0 healthy, 1 unhealthy, 2 could not run).
+    Check(CheckArgs),
+    /// Print the version.
+    Version,
+}
+
+/// `vigil agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Folder of HealthCheck YAML (standalone mode). Reloaded when files change.
+    #[arg(long, env = "VIGIL_CHECKS_DIR")]
+    pub checks_dir: PathBuf,
+
+    /// Folder where InstanceStatus and HealthCheck documents are kept (standalone mode).
+    #[arg(long, env = "VIGIL_STATE_DIR")]
+    pub state_dir: PathBuf,
+
+    /// Address of the HTTP API and metrics. Loopback by default.
+    #[arg(long, default_value = "127.0.0.1:9733", env = "VIGIL_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Name of this node. Default: the host name.
+    #[arg(long, env = "VIGIL_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// A label of this node, `key=value`, for `spec.nodeSelector`. Repeat for more.
+    #[arg(long = "node-label", value_parser = parse_label)]
+    pub node_labels: Vec<(String, String)>,
+
+    /// Namespace of the InstanceStatus documents this agent writes.
+    #[arg(long, default_value = "default", env = "VIGIL_NAMESPACE")]
+    pub namespace: String,
+
+    /// Probes running at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrent_probes: usize,
+
+    /// `exec` probes running at once (each is a fork).
+    #[arg(long, default_value_t = 8)]
+    pub max_concurrent_exec: usize,
+
+    /// How often host memory, disk and filesystems are assessed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub host_interval: Duration,
+
+    /// Changes of counters and messages alone are written at most this often (status changes
+    /// are written at once).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub status_refresh: Duration,
+
+    /// How often the checks folder is rescanned even without a change notification.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub rescan_interval: Duration,
+
+    /// Memory pressure below this much available memory, MiB (the kubelet's default).
+    #[arg(long, default_value_t = 100)]
+    pub memory_pressure_mb: u64,
+
+    /// Disk pressure below this percentage of free space.
+    #[arg(long, default_value_t = 10.0)]
+    pub disk_pressure_percent: f64,
+
+    /// File holding a bearer token that also grants access to sensitive routes (logs,
+    /// configuration) from other hosts. Without it, they are served to loopback callers only.
+    #[arg(long, env = "VIGIL_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+}
+
+/// `vigil check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// What to probe: `http://host:port/path`, `https://…`, `tcp://host:port`,
+    /// `grpc://host:port[/service]`, `exec:command args…`.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub target: Option<String>,
+
+    /// Run the probe of a HealthCheck file against its targets instead.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+
+    /// Time allowed to the probe. Default: 5s, or the HealthCheck's timeoutSeconds.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Show each step: resolve, connect, TLS, first byte.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Accept any TLS certificate.
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
+
+    /// Status codes that pass, as in `expectedStatus`.
+    #[arg(long)]
+    pub expect_status: Option<String>,
+
+    /// The body must contain this text.
+    #[arg(long)]
+    pub expect_body: Option<String>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// Parses `500ms`, `10s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("{s:?} is not a duration such as 500ms, 10s, 5m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

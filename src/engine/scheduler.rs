@@ -1,0 +1,267 @@
+//! The scheduler: one worker per (check, instance), started and stopped as plans change.
+//!
+//! A worker owns its timer: the first probe lands at a random point of
+//! `[initialDelay, initialDelay + period)`, later ones on a fixed grid (`due += period`), skipping
+//! ticks that were missed rather than bunching them. Probes run under a global concurrency limit
+//! (and a smaller one for `exec`, whose forks are expensive). Lateness — how long after its due
+//! time a probe actually starts — is measured for every probe.
+
+use std::collections::HashMap;
+use std::mem::discriminant;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::planner::{Assignment, Plan};
+use super::remediation::{ActionRecord, Decision, Executors};
+use super::store::Store;
+use crate::metrics::AgentMetrics;
+use crate::model::{CheckDef, CheckKey};
+use crate::probe::{ProbeSpec, Prober, Target};
+
+/// Limits of the scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Probes running at once.
+    pub max_concurrent_probes: usize,
+    /// `exec` probes running at once.
+    pub max_concurrent_exec: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { max_concurrent_probes: 256, max_concurrent_exec: 8 }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Arc<Store>,
+    prober: Prober,
+    executors: Executors,
+    probes: Semaphore,
+    execs: Semaphore,
+    metrics: AgentMetrics,
+}
+
+/// Aborts the task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug)]
+struct Worker {
+    check: Arc<CheckDef>,
+    target: Target,
+    suspended: bool,
+    _task: Option<AbortOnDrop>,
+}
+
+/// Runs every assigned probe on time.
+#[derive(Debug)]
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    workers: HashMap<(CheckKey, String), Worker>,
+}
+
+impl Scheduler {
+    /// A scheduler recording into `store`.
+    pub fn new(
+        store: Arc<Store>,
+        prober: Prober,
+        executors: Executors,
+        config: SchedulerConfig,
+        metrics: AgentMetrics,
+    ) -> Scheduler {
+        let shared = Shared {
+            store,
+            prober,
+            executors,
+            probes: Semaphore::new(config.max_concurrent_probes.max(1)),
+            execs: Semaphore::new(config.max_concurrent_exec.max(1)),
+            metrics,
+        };
+        Scheduler { shared: Arc::new(shared), workers: HashMap::new() }
+    }
+
+    /// Number of (check, instance) workers.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Whether there is no worker.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Makes the workers match `plan`: unchanged pairs keep running (and keep their state),
+    /// changed ones restart, gone ones stop.
+    pub fn apply(&mut self, plan: Plan) {
+        let store = &self.shared.store;
+        let mut wanted: HashMap<(CheckKey, String), Assignment> =
+            HashMap::with_capacity(plan.assignments.len());
+        for a in plan.assignments {
+            wanted.insert((a.check.key.clone(), a.instance_id.clone()), a);
+        }
+        let gone: Vec<(CheckKey, String)> =
+            self.workers.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+        for key in gone {
+            self.workers.remove(&key);
+            store.detach(&key.0, &key.1);
+        }
+        store.sync_instances(plan.instances);
+        for (key, a) in wanted {
+            if let Some(w) = self.workers.get(&key) {
+                let same_spec = Arc::ptr_eq(&w.check, &a.check) || w.check.spec == a.check.spec;
+                if same_spec && w.target == a.target && w.suspended == a.suspended {
+                    continue;
+                }
+            }
+            // New or changed: the old worker (if any) stops when replaced.
+            store.attach(&a.check, &a.instance_id, a.suspended);
+            let task = (!a.suspended).then(|| {
+                AbortOnDrop(tokio::spawn(run_worker(
+                    self.shared.clone(),
+                    a.check.clone(),
+                    a.instance_id.clone(),
+                    a.target.clone(),
+                )))
+            });
+            self.workers.insert(
+                key,
+                Worker { check: a.check, target: a.target, suspended: a.suspended, _task: task },
+            );
+        }
+        store.set_notes(&plan.notes);
+    }
+
+    /// Stops every worker.
+    pub fn clear(&mut self) {
+        self.workers.clear();
+    }
+}
+
+/// A random offset in `[0, period)`.
+fn jitter(period: Duration) -> Duration {
+    let nanos = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(fastrand::u64(0..nanos))
+}
+
+/// The first due time after `now` on the grid `due + k × period`.
+fn next_on_grid(due: Instant, period: Duration, now: Instant) -> Instant {
+    let next = due + period;
+    if next > now {
+        return next;
+    }
+    let behind = now.duration_since(next).as_nanos();
+    let skips = behind / period.as_nanos().max(1) + 1;
+    next + period * u32::try_from(skips).unwrap_or(u32::MAX)
+}
+
+async fn run_worker(shared: Arc<Shared>, check: Arc<CheckDef>, instance_id: String, target: Target) {
+    let timing = check.timing;
+    let is_exec = matches!(check.probe, ProbeSpec::Exec(_));
+    let first_period = timing.failing_period.unwrap_or(timing.period);
+    let mut due = Instant::now() + timing.initial_delay + jitter(first_period);
+    let mut last_verdict: Option<std::mem::Discriminant<Decision>> = None;
+    loop {
+        tokio::time::sleep_until(due).await;
+        let report = {
+            // The semaphores are never closed, so acquiring cannot fail; if it did, probing
+            // without a permit is better than not probing.
+            let _permit = shared.probes.acquire().await.ok();
+            let _exec_permit = if is_exec { shared.execs.acquire().await.ok() } else { None };
+            let started = Instant::now();
+            shared.metrics.scheduler_lateness.observe(started.saturating_duration_since(due).as_secs_f64());
+            shared.prober.run(&check.probe, &target, timing.timeout, false).await
+        };
+        let recorded = shared.store.record(&check, &instance_id, &report);
+        if let Some(tr) = recorded.transition {
+            info!(
+                check = %check.key,
+                instance = %instance_id,
+                from = tr.from.as_str(),
+                to = tr.to.as_str(),
+                outcome = report.outcome.kind(),
+                reason = report.outcome.reason().map(|r| r.as_str()),
+                detail = report.outcome.message(),
+                "status changed"
+            );
+        }
+        if let Some(blocked) = &recorded.blocked {
+            warn!(check = %check.key, "{blocked}");
+        }
+        let verdict = recorded.decision.as_ref().map(discriminant);
+        if verdict != last_verdict {
+            if let Some(why) = recorded.decision.as_ref().and_then(Decision::explain)
+                && !matches!(recorded.decision, Some(Decision::MassFailure { .. }))
+            {
+                info!(check = %check.key, instance = %instance_id, "not acting: {why}");
+            }
+            last_verdict = verdict;
+        }
+        if let Some(request) = recorded.action {
+            info!(check = %check.key, instance = %instance_id, action = request.kind.as_str(), reason = %request.reason, "taking action");
+            let result = shared.executors.execute(&request).await;
+            let (succeeded, message) = match result {
+                Ok(done) => (true, format!("{}: {done}", request.reason)),
+                Err(e) => {
+                    warn!(check = %check.key, instance = %instance_id, error = %e, "action failed");
+                    (false, format!("{}; action failed: {e}", request.reason))
+                }
+            };
+            shared.store.record_action(
+                &check.key,
+                &instance_id,
+                ActionRecord {
+                    at: shared.store.now(),
+                    check: check.key.clone(),
+                    action: request.kind.as_str().to_owned(),
+                    succeeded,
+                    message,
+                },
+            );
+            last_verdict = None;
+            // Give the target its initial delay again before judging it.
+            due = Instant::now() + timing.initial_delay.max(timing.period);
+            continue;
+        }
+        let period = match timing.failing_period {
+            Some(fast) if recorded.wants_fast => fast,
+            _ => timing.period,
+        };
+        due = next_on_grid(due, period, Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_the_period() {
+        for _ in 0..1000 {
+            assert!(jitter(Duration::from_secs(10)) < Duration::from_secs(10));
+        }
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn missed_ticks_are_skipped_on_the_grid() {
+        let t0 = Instant::now();
+        let p = Duration::from_secs(10);
+        assert_eq!(next_on_grid(t0, p, t0 + Duration::from_secs(1)), t0 + p);
+        // 35 s late: the next slot on the grid is at 40 s.
+        assert_eq!(next_on_grid(t0, p, t0 + Duration::from_secs(35)), t0 + Duration::from_secs(40));
+        assert_eq!(next_on_grid(t0, p, t0 + Duration::from_secs(10)), t0 + Duration::from_secs(20));
+    }
+}

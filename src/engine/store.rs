@@ -1,0 +1,1030 @@
+//! The agent's shared view: instances, the state of every (check, instance), restart histories,
+//! the host's own observations and the HealthChecks known. Workers record into it; the HTTP API
+//! and the reporters read from it.
+//!
+//! Changes are tracked as dirty sets, so reporters write only what changed. A probe that agrees
+//! with the last one changes counters and times only, which reporters may defer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use prometheus::{Gauge, Histogram, IntCounter};
+use tokio::sync::Notify;
+
+use super::clock::Clock;
+use super::remediation::{self, ActionRecord, ActionRequest, Decision, HISTORY_LIMIT};
+use super::state::{CheckState, LastOutcome, Thresholds, Transition};
+use crate::api::{
+    self, CheckResult, CheckStatus, HealthCheck, HealthCheckSpec, HealthCheckStatus, InstanceKind,
+    InstanceRef, InstanceState, InstanceStatus, InstanceStatusSpec, InstanceStatusStatus, RestartRecord,
+    Restarts, StatusDetail, StatusSummary, UnhealthyInstance, conditions, reasons,
+};
+use crate::inventory::Instance;
+use crate::inventory::host::{HostHealth, Observation};
+use crate::metrics::AgentMetrics;
+use crate::model::{CheckDef, CheckKey};
+use crate::probe::{Outcome, Reason, Report};
+
+/// Impaired instances listed in a HealthCheck's status.
+pub const UNHEALTHY_LIST_LIMIT: usize = 20;
+
+/// One HealthCheck as the sources know it.
+#[derive(Clone, Debug)]
+pub struct CheckInfo {
+    /// Which.
+    pub key: CheckKey,
+    /// The definition being run: the current spec, or the last valid one when the current is
+    /// invalid. `None` when no valid spec was ever seen.
+    pub def: Option<Arc<CheckDef>>,
+    /// The spec as last written.
+    pub spec: HealthCheckSpec,
+    /// Its generation.
+    pub generation: i64,
+    /// What is wrong with the spec as last written.
+    pub invalid: Option<String>,
+}
+
+/// What a recorded probe led to.
+#[derive(Debug)]
+pub struct Recorded {
+    /// The status change, if any.
+    pub transition: Option<Transition>,
+    /// The status now.
+    pub status: CheckStatus,
+    /// Whether the faster failing period applies.
+    pub wants_fast: bool,
+    /// An action to take now.
+    pub action: Option<ActionRequest>,
+    /// The remediation policy's verdict, when the target is impaired and the check has an
+    /// action.
+    pub decision: Option<Decision>,
+    /// Why an impaired target is not acted on, when that just changed.
+    pub blocked: Option<String>,
+}
+
+impl Recorded {
+    fn nothing() -> Recorded {
+        Recorded {
+            transition: None,
+            status: CheckStatus::NotApplicable,
+            wants_fast: false,
+            action: None,
+            decision: None,
+            blocked: None,
+        }
+    }
+}
+
+/// What changed since the last [`Store::take_dirty`].
+#[derive(Debug, Default)]
+pub struct Dirty {
+    /// Instances to write; `None` means removed.
+    pub instances: Vec<(String, Option<InstanceStatus>)>,
+    /// HealthChecks to write; `None` means removed.
+    pub checks: Vec<(CheckKey, Option<HealthCheck>)>,
+}
+
+/// Running and total instances of each kind, and what the running ones claim.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Claims {
+    /// CPUs claimed by running instances.
+    pub cpus: f64,
+    /// Memory claimed by running instances, MiB.
+    pub memory_mb: u64,
+    /// Running / total VMs.
+    pub vms: (usize, usize),
+    /// Running / total containers.
+    pub containers: (usize, usize),
+    /// Running / total instances of every kind.
+    pub all: (usize, usize),
+}
+
+/// A detail of a status check, with its impaired time kept across observations.
+#[derive(Clone, Debug, PartialEq)]
+struct Detail {
+    name: String,
+    status: CheckStatus,
+    message: String,
+    impaired_since: Option<Timestamp>,
+}
+
+#[derive(Debug)]
+struct SlotMetrics {
+    labels: [String; 4],
+    up: Gauge,
+    impaired: Gauge,
+    duration: Histogram,
+    errors: IntCounter,
+}
+
+#[derive(Debug)]
+struct Slot {
+    state: CheckState,
+    probe: &'static str,
+    suspended: bool,
+    metrics: SlotMetrics,
+    last_duration: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct InstanceEntry {
+    instance: Instance,
+    first_seen: Timestamp,
+    checks: BTreeMap<CheckKey, Slot>,
+    history: VecDeque<ActionRecord>,
+    restart_count: u32,
+    /// Check results read back from the state folder, waiting for their check to attach.
+    restored_checks: BTreeMap<String, CheckResult>,
+}
+
+#[derive(Debug)]
+struct CheckEntry {
+    info: CheckInfo,
+    note: Option<String>,
+    conditions: Vec<Condition>,
+    counts: [u32; 5],
+    blocked: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    instances: BTreeMap<String, InstanceEntry>,
+    checks: BTreeMap<CheckKey, CheckEntry>,
+    host_system: Vec<Detail>,
+    host_volumes: Vec<Detail>,
+    restored: HashMap<String, InstanceStatus>,
+    dirty_instances: BTreeSet<String>,
+    /// Instances whose counters or messages changed, but nothing a reader must see at once.
+    touched_instances: BTreeSet<String>,
+    removed_instances: BTreeSet<String>,
+    dirty_checks: BTreeSet<CheckKey>,
+    removed_checks: BTreeSet<CheckKey>,
+}
+
+/// The agent's shared view. See the module documentation.
+#[derive(Debug)]
+pub struct Store {
+    inner: Mutex<Inner>,
+    changed: Notify,
+    clock: Arc<dyn Clock>,
+    metrics: AgentMetrics,
+    node: String,
+    namespace: String,
+}
+
+fn index(status: CheckStatus) -> usize {
+    usize::from(status.severity())
+}
+
+fn time(ts: Timestamp) -> Time {
+    Time(ts)
+}
+
+impl Store {
+    /// An empty store for the agent of `node`, writing InstanceStatus objects into `namespace`.
+    pub fn new(node: &str, namespace: &str, clock: Arc<dyn Clock>, metrics: AgentMetrics) -> Store {
+        Store {
+            inner: Mutex::new(Inner::default()),
+            changed: Notify::new(),
+            clock,
+            metrics,
+            node: node.to_owned(),
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than stopping would; keep serving.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The node this store belongs to.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The time now, from the store's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Resolves when something changed since the last call to [`Store::take_dirty`].
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Loads state written by an earlier run. Restored instances take their restart history and
+    /// check states back when they reappear; see [`Store::finish_restore`].
+    pub fn restore(&self, docs: Vec<InstanceStatus>) {
+        let mut inner = self.lock();
+        for doc in docs {
+            if let Some(name) = doc.metadata.name.clone() {
+                inner.restored.insert(name, doc);
+            }
+        }
+    }
+
+    /// Forgets restored instances that did not reappear in the first full sync: their state
+    /// files are removed.
+    pub fn finish_restore(&self) {
+        let mut inner = self.lock();
+        let gone: Vec<String> = inner.restored.drain().map(|(id, _)| id).collect();
+        for id in gone {
+            if !inner.instances.contains_key(&id) {
+                inner.removed_instances.insert(id);
+            }
+        }
+        drop(inner);
+        self.changed.notify_one();
+    }
+
+    /// Replaces the set of known HealthChecks.
+    pub fn set_checks(&self, checks: Vec<CheckInfo>) {
+        let mut inner = self.lock();
+        let keep: BTreeSet<CheckKey> = checks.iter().map(|c| c.key.clone()).collect();
+        let removed: Vec<CheckKey> = inner.checks.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        for key in removed {
+            inner.checks.remove(&key);
+            inner.dirty_checks.remove(&key);
+            inner.removed_checks.insert(key);
+        }
+        let (mut valid, mut invalid) = (0, 0);
+        for info in checks {
+            if info.invalid.is_some() {
+                invalid += 1;
+            } else {
+                valid += 1;
+            }
+            let key = info.key.clone();
+            inner.removed_checks.remove(&key);
+            match inner.checks.get_mut(&key) {
+                Some(entry) => {
+                    let changed = entry.info.generation != info.generation
+                        || entry.info.invalid != info.invalid
+                        || entry.info.spec != info.spec;
+                    entry.info = info;
+                    if changed {
+                        inner.dirty_checks.insert(key);
+                    }
+                }
+                None => {
+                    inner.checks.insert(
+                        key.clone(),
+                        CheckEntry {
+                            info,
+                            note: None,
+                            conditions: Vec::new(),
+                            counts: [0; 5],
+                            blocked: None,
+                        },
+                    );
+                    inner.dirty_checks.insert(key);
+                }
+            }
+        }
+        self.metrics.healthchecks.with_label_values(&["valid"]).set(valid);
+        self.metrics.healthchecks.with_label_values(&["invalid"]).set(invalid);
+        drop(inner);
+        self.changed.notify_one();
+    }
+
+    /// Sets the planner's notes (why a check has no targets here).
+    pub fn set_notes(&self, notes: &BTreeMap<CheckKey, String>) {
+        let mut inner = self.lock();
+        let Inner { checks, dirty_checks, .. } = &mut *inner;
+        for (key, entry) in checks.iter_mut() {
+            let note = notes.get(key).cloned();
+            if entry.note != note {
+                entry.note = note;
+                dirty_checks.insert(key.clone());
+            }
+        }
+    }
+
+    /// Replaces the set of instances. New ones take restored state; removed ones lose their
+    /// metric series and their state file. Checks attached to a removed instance must be
+    /// detached first (the scheduler does).
+    pub fn sync_instances(&self, instances: Vec<Instance>) {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let keep: BTreeSet<String> = instances.iter().map(|i| i.id.clone()).collect();
+        let removed: Vec<String> = inner.instances.keys().filter(|id| !keep.contains(*id)).cloned().collect();
+        for id in removed {
+            if let Some(entry) = inner.instances.remove(&id) {
+                for (key, slot) in entry.checks {
+                    self.drop_slot(&mut inner, &key, slot);
+                }
+                self.metrics.remove_instance(&[&id, entry.instance.kind.as_str()]);
+            }
+            inner.dirty_instances.remove(&id);
+            inner.touched_instances.remove(&id);
+            inner.removed_instances.insert(id);
+        }
+        for instance in instances {
+            let id = instance.id.clone();
+            inner.removed_instances.remove(&id);
+            if let Some(entry) = inner.instances.get_mut(&id) {
+                if entry.instance != instance {
+                    entry.instance = instance;
+                    inner.dirty_instances.insert(id);
+                }
+                continue;
+            }
+            let mut entry = InstanceEntry {
+                instance,
+                first_seen: now,
+                checks: BTreeMap::new(),
+                history: VecDeque::new(),
+                restart_count: 0,
+                restored_checks: BTreeMap::new(),
+            };
+            if let Some(doc) = inner.restored.remove(&id) {
+                restore_entry(&mut entry, doc);
+            }
+            inner.instances.insert(id.clone(), entry);
+            inner.dirty_instances.insert(id.clone());
+            self.update_status_metrics(&inner, &id);
+        }
+        drop(inner);
+        self.changed.notify_one();
+    }
+
+    /// Starts tracking `check` on an instance. A state restored from disk is taken back.
+    pub fn attach(&self, check: &CheckDef, instance_id: &str, suspended: bool) {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let Some(entry) = inner.instances.get_mut(instance_id) else { return };
+        if entry.checks.get(&check.key).is_some_and(|slot| slot.probe != check.probe.kind()) {
+            // Another kind of probe: its results say nothing about the old ones.
+            if let Some(slot) = entry.checks.remove(&check.key) {
+                self.drop_slot(&mut inner, &check.key, slot);
+            }
+        }
+        let Some(entry) = inner.instances.get_mut(instance_id) else { return };
+        if let Some(slot) = entry.checks.get_mut(&check.key) {
+            // Re-attached with a changed spec: the state is kept, new probes will update it.
+            if slot.suspended != suspended {
+                slot.suspended = suspended;
+                let to = if suspended { CheckStatus::NotApplicable } else { CheckStatus::Initializing };
+                let from = slot.state.status;
+                if slot.state.set_status(to, now).is_some() {
+                    move_count(&mut inner, &check.key, from, to);
+                }
+            }
+            inner.dirty_instances.insert(instance_id.to_owned());
+            inner.dirty_checks.insert(check.key.clone());
+            return;
+        }
+        let mut state = entry
+            .restored_checks
+            .remove(&check.key.to_string())
+            .map(|r| restore_state(&r))
+            .unwrap_or_default();
+        if suspended {
+            state.set_status(CheckStatus::NotApplicable, now);
+        } else if state.status == CheckStatus::NotApplicable {
+            state.set_status(CheckStatus::Initializing, now);
+        }
+        let labels = [
+            check.key.namespace.clone(),
+            check.key.name.clone(),
+            instance_id.to_owned(),
+            check.probe.kind().to_owned(),
+        ];
+        let l: [&str; 4] = [&labels[0], &labels[1], &labels[2], &labels[3]];
+        let metrics = SlotMetrics {
+            up: self.metrics.probe_up.with_label_values(&l),
+            impaired: self.metrics.check_impaired.with_label_values(&l),
+            duration: self.metrics.probe_duration.with_label_values(&l),
+            errors: self.metrics.probe_errors.with_label_values(&l),
+            labels,
+        };
+        metrics.impaired.set(f64::from(u8::from(state.status == CheckStatus::Impaired)));
+        let status = state.status;
+        entry.checks.insert(
+            check.key.clone(),
+            Slot { state, probe: check.probe.kind(), suspended, metrics, last_duration: None },
+        );
+        if let Some(c) = inner.checks.get_mut(&check.key) {
+            c.counts[index(status)] += 1;
+        }
+        inner.dirty_instances.insert(instance_id.to_owned());
+        inner.dirty_checks.insert(check.key.clone());
+        self.update_status_metrics(&inner, instance_id);
+        self.metrics.managed_checks.inc();
+        drop(inner);
+        self.changed.notify_one();
+    }
+
+    /// Stops tracking `check` on an instance; its metric series go.
+    pub fn detach(&self, check: &CheckKey, instance_id: &str) {
+        let mut inner = self.lock();
+        let Some(slot) = inner.instances.get_mut(instance_id).and_then(|e| e.checks.remove(check)) else {
+            return;
+        };
+        self.drop_slot(&mut inner, check, slot);
+        inner.dirty_instances.insert(instance_id.to_owned());
+        self.update_status_metrics(&inner, instance_id);
+        drop(inner);
+        self.changed.notify_one();
+    }
+
+    fn drop_slot(&self, inner: &mut Inner, check: &CheckKey, slot: Slot) {
+        let l = &slot.metrics.labels;
+        self.metrics.remove_target(&[&l[0], &l[1], &l[2], &l[3]]);
+        self.metrics.managed_checks.dec();
+        if let Some(c) = inner.checks.get_mut(check) {
+            let i = index(slot.state.status);
+            c.counts[i] = c.counts[i].saturating_sub(1);
+            inner.dirty_checks.insert(check.clone());
+        }
+    }
+
+    /// Records one probe of `check` on an instance and decides whether to act.
+    pub fn record(&self, check: &CheckDef, instance_id: &str, report: &Report) -> Recorded {
+        let now = self.clock.now();
+        let thresholds =
+            Thresholds { success: check.timing.success_threshold, failure: check.timing.failure_threshold };
+        let mut inner = self.lock();
+        let Some(entry) = inner.instances.get_mut(instance_id) else {
+            return Recorded::nothing();
+        };
+        let Some(slot) = entry.checks.get_mut(&check.key) else {
+            return Recorded::nothing();
+        };
+        slot.metrics.duration.observe(report.duration.as_secs_f64());
+        slot.last_duration = Some(report.duration);
+        match &report.outcome {
+            Outcome::Healthy { .. } => slot.metrics.up.set(1.0),
+            Outcome::Unhealthy { reason, .. } => {
+                slot.metrics.up.set(0.0);
+                let l = &slot.metrics.labels;
+                self.metrics
+                    .probe_failures
+                    .with_label_values(&[&l[0], &l[1], &l[2], &l[3], reason.as_str()])
+                    .inc();
+            }
+            Outcome::Unknown { .. } => slot.metrics.errors.inc(),
+        }
+        let before = (slot.state.reason, slot.state.message.clone());
+        let transition = slot.state.observe(&report.outcome, now, thresholds);
+        let status = slot.state.status;
+        let wants_fast = slot.state.wants_fast_period();
+        let significant = transition.is_some() || before.0 != slot.state.reason;
+        if transition.is_some() {
+            slot.metrics.impaired.set(f64::from(u8::from(status == CheckStatus::Impaired)));
+        }
+        let impaired_failure = status == CheckStatus::Impaired
+            && matches!(report.outcome, Outcome::Unhealthy { .. })
+            && !slot.suspended;
+        let reason = slot.state.reason.map(Reason::as_str).unwrap_or("unhealthy");
+        let message = slot.state.message.clone().unwrap_or_default();
+        let instance = entry.instance.clone();
+        let history: Vec<ActionRecord> =
+            entry.history.iter().filter(|r| r.check == check.key).cloned().collect();
+        // Output-only changes are deferred by the reporters; status changes are not.
+        if significant {
+            inner.dirty_instances.insert(instance_id.to_owned());
+        } else {
+            inner.touched_instances.insert(instance_id.to_owned());
+        }
+        if let Some(tr) = transition {
+            move_count(&mut inner, &check.key, tr.from, tr.to);
+            self.update_status_metrics(&inner, instance_id);
+        }
+
+        let mut action = None;
+        let mut verdict = None;
+        let mut blocked_change = None;
+        if let (Some(def), true) = (&check.action, impaired_failure) {
+            let (unhealthy, total) = inner
+                .checks
+                .get(&check.key)
+                .map(|c| (c.counts[index(CheckStatus::Impaired)], c.counts.iter().sum()))
+                .unwrap_or((1, 1));
+            let refs: Vec<&ActionRecord> = history.iter().collect();
+            let decision = remediation::mass_failure(def.max_unhealthy, unhealthy, total)
+                .unwrap_or_else(|| remediation::decide(&def.policy, &refs, now));
+            let mass = matches!(decision, Decision::MassFailure { .. }).then(|| decision.explain()).flatten();
+            if let Some(c) = inner.checks.get_mut(&check.key)
+                && c.blocked != mass
+            {
+                c.blocked = mass.clone();
+                blocked_change = Some(mass.clone().unwrap_or_else(|| "remediation allowed again".to_owned()));
+                inner.dirty_checks.insert(check.key.clone());
+            }
+            if decision == Decision::Act {
+                action = Some(ActionRequest {
+                    kind: def.kind,
+                    check: check.key.clone(),
+                    instance_id: instance.id.clone(),
+                    instance_name: instance.name.clone(),
+                    instance_kind: instance.kind,
+                    reason: format!("{reason}: {message}"),
+                    exec: def.exec.clone(),
+                });
+            }
+            verdict = Some(decision);
+        } else if transition.is_some_and(|t| t.from == CheckStatus::Impaired) {
+            // Recovered: a mass-failure block may have lifted.
+            if let Some(c) = inner.checks.get_mut(&check.key)
+                && c.blocked.is_some()
+                && c.counts[index(CheckStatus::Impaired)] == 0
+            {
+                c.blocked = None;
+                blocked_change = Some("remediation allowed again".to_owned());
+            }
+        }
+        if transition.is_some() {
+            inner.dirty_checks.insert(check.key.clone());
+        }
+        drop(inner);
+        if significant {
+            self.changed.notify_one();
+        }
+        Recorded { transition, status, wants_fast, action, decision: verdict, blocked: blocked_change }
+    }
+
+    /// Records an action taken; the target's streaks start over.
+    pub fn record_action(&self, check: &CheckKey, instance_id: &str, record: ActionRecord) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.instances.get_mut(instance_id) else { return };
+        let l = [
+            check.namespace.as_str(),
+            check.name.as_str(),
+            instance_id,
+            record.action.as_str(),
+            if record.succeeded { "success" } else { "failure" },
+        ];
+        self.metrics.restarts.with_label_values(&l).inc();
+        if let Some(slot) = entry.checks.get_mut(check) {
+            slot.state.reset_streaks();
+        }
+        entry.restart_count = entry.restart_count.saturating_add(1);
+        entry.history.push_back(record);
+        while entry.history.len() > HISTORY_LIMIT {
+            entry.history.pop_front();
+        }
+        inner.dirty_instances.insert(instance_id.to_owned());
+        drop(inner);
+        self.changed.notify_one();
+    }
+
+    /// Sets the host's own observations (System and Attached volumes of the host, and the
+    /// host part of the System check of the instances running on it).
+    pub fn set_host_health(&self, health: HostHealth) {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let system = merge_details(&inner.host_system, health.system, now);
+        let volumes = merge_details(&inner.host_volumes, health.volumes, now);
+        let significant = statuses(&system) != statuses(&inner.host_system)
+            || statuses(&volumes) != statuses(&inner.host_volumes);
+        inner.host_system = system;
+        inner.host_volumes = volumes;
+        let affected: Vec<String> = inner
+            .instances
+            .values()
+            .filter(|e| uses_host_details(e.instance.kind))
+            .map(|e| e.instance.id.clone())
+            .collect();
+        for id in affected {
+            if significant {
+                inner.dirty_instances.insert(id.clone());
+            } else {
+                inner.touched_instances.insert(id.clone());
+            }
+            self.update_status_metrics(&inner, &id);
+        }
+        drop(inner);
+        if significant {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Takes the changes since the last call, rendered. With `touched`, instances whose
+    /// counters or messages changed are included too (the periodic refresh).
+    pub fn take_dirty(&self, touched: bool) -> Dirty {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let mut ids = std::mem::take(&mut inner.dirty_instances);
+        if touched {
+            let touched = std::mem::take(&mut inner.touched_instances);
+            ids.extend(touched);
+        } else {
+            let Inner { touched_instances, dirty_instances: _, .. } = &mut *inner;
+            for id in &ids {
+                touched_instances.remove(id);
+            }
+        }
+        let removed_ids = std::mem::take(&mut inner.removed_instances);
+        let keys = std::mem::take(&mut inner.dirty_checks);
+        let removed_keys = std::mem::take(&mut inner.removed_checks);
+        let mut dirty = Dirty::default();
+        for id in ids {
+            if let Some(doc) = self.render_instance(&inner, &id) {
+                dirty.instances.push((id, Some(doc)));
+            }
+        }
+        dirty.instances.extend(removed_ids.into_iter().map(|id| (id, None)));
+        for key in keys {
+            if let Some(doc) = self.render_check(&mut inner, &key, now) {
+                dirty.checks.push((key, Some(doc)));
+            }
+        }
+        dirty.checks.extend(removed_keys.into_iter().map(|k| (k, None)));
+        dirty
+    }
+
+    /// Every instance, rendered as its InstanceStatus (live counters included).
+    pub fn instance_docs(&self) -> Vec<InstanceStatus> {
+        let inner = self.lock();
+        inner.instances.keys().filter_map(|id| self.render_instance(&inner, id)).collect()
+    }
+
+    /// One instance, by id or, failing that, by name.
+    pub fn instance_doc(&self, id_or_name: &str) -> Option<InstanceStatus> {
+        let inner = self.lock();
+        let id = if inner.instances.contains_key(id_or_name) {
+            id_or_name.to_owned()
+        } else {
+            inner.instances.values().find(|e| e.instance.name == id_or_name)?.instance.id.clone()
+        };
+        self.render_instance(&inner, &id)
+    }
+
+    /// Every HealthCheck, rendered with its status.
+    pub fn check_docs(&self) -> Vec<HealthCheck> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let keys: Vec<CheckKey> = inner.checks.keys().cloned().collect();
+        keys.iter().filter_map(|k| self.render_check(&mut inner, k, now)).collect()
+    }
+
+    /// What running instances claim from the host.
+    pub fn claims(&self) -> Claims {
+        let inner = self.lock();
+        let mut claims = Claims::default();
+        for e in inner.instances.values() {
+            let running = e.instance.state == InstanceState::Running;
+            let bump = |pair: &mut (usize, usize)| {
+                pair.1 += 1;
+                if running {
+                    pair.0 += 1;
+                }
+            };
+            bump(&mut claims.all);
+            match e.instance.kind {
+                InstanceKind::Vm => bump(&mut claims.vms),
+                InstanceKind::Container => bump(&mut claims.containers),
+                _ => {}
+            }
+            if let (true, Some(c)) = (running, e.instance.claimed) {
+                claims.cpus += c.cpus;
+                claims.memory_mb += c.memory_mb;
+            }
+        }
+        claims
+    }
+
+    /// Number of (check, instance) pairs and of instances.
+    pub fn sizes(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.instances.values().map(|e| e.checks.len()).sum(), inner.instances.len())
+    }
+
+    fn update_status_metrics(&self, inner: &Inner, id: &str) {
+        let Some(entry) = inner.instances.get(id) else { return };
+        let (system, instance, volumes) = summaries(inner, entry);
+        let impaired = |s: &StatusSummary| s.status == CheckStatus::Impaired;
+        self.metrics.set_status_checks(
+            &[id, entry.instance.kind.as_str()],
+            impaired(&system),
+            impaired(&instance),
+            impaired(&volumes),
+        );
+    }
+
+    fn render_instance(&self, inner: &Inner, id: &str) -> Option<InstanceStatus> {
+        let entry = inner.instances.get(id)?;
+        let (system, instance, volumes) = summaries(inner, entry);
+        let checks = entry
+            .checks
+            .iter()
+            .map(|(key, slot)| CheckResult {
+                health_check: key.to_string(),
+                probe: slot.probe.to_owned(),
+                status: slot.state.status,
+                consecutive_failures: slot.state.consecutive_failures,
+                consecutive_successes: slot.state.consecutive_successes,
+                consecutive_errors: slot.state.consecutive_errors,
+                last_probe_time: slot.state.last_probe.map(time),
+                last_transition_time: slot.state.last_transition.map(time),
+                impaired_since: slot.state.impaired_since.map(time),
+                reason: slot.state.reason.map(|r| r.as_str().to_owned()),
+                message: slot.state.message.clone(),
+            })
+            .collect();
+        let recent: Vec<RestartRecord> = entry
+            .history
+            .iter()
+            .map(|r| RestartRecord {
+                time: time(r.at),
+                health_check: r.check.to_string(),
+                action: r.action.clone(),
+                succeeded: r.succeeded,
+                message: r.message.clone(),
+            })
+            .collect();
+        let last = entry.history.back();
+        let i = &entry.instance;
+        let mut labels = BTreeMap::new();
+        labels.insert(api::labels::NODE.to_owned(), i.node.clone());
+        labels.insert(api::labels::KIND.to_owned(), i.kind.as_str().to_owned());
+        let mut doc = InstanceStatus::new(
+            id,
+            InstanceStatusSpec {
+                instance: InstanceRef {
+                    kind: i.kind,
+                    id: id.to_owned(),
+                    name: i.name.clone(),
+                    node: i.node.clone(),
+                    address: i.address.clone(),
+                },
+            },
+        );
+        doc.metadata = ObjectMeta {
+            name: Some(id.to_owned()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            creation_timestamp: Some(time(entry.first_seen)),
+            ..ObjectMeta::default()
+        };
+        doc.status = Some(InstanceStatusStatus {
+            state: i.state,
+            system_status: system,
+            instance_status: instance,
+            attached_volume_status: volumes,
+            checks,
+            restarts: Restarts {
+                count: entry.restart_count,
+                last_time: last.map(|r| time(r.at)),
+                last_reason: last.map(|r| r.message.clone()),
+                recent,
+            },
+        });
+        Some(doc)
+    }
+
+    fn render_check(&self, inner: &mut Inner, key: &CheckKey, now: Timestamp) -> Option<HealthCheck> {
+        let mut unhealthy_list = Vec::new();
+        for e in inner.instances.values() {
+            if let Some(slot) = e.checks.get(key)
+                && slot.state.status == CheckStatus::Impaired
+                && unhealthy_list.len() < UNHEALTHY_LIST_LIMIT
+            {
+                unhealthy_list.push(UnhealthyInstance {
+                    id: e.instance.id.clone(),
+                    kind: e.instance.kind,
+                    node: Some(e.instance.node.clone()),
+                    status: CheckStatus::Impaired,
+                    since: slot.state.impaired_since.map(time),
+                    message: slot.state.message.clone(),
+                });
+            }
+        }
+        let entry = inner.checks.get_mut(key)?;
+        let info = &entry.info;
+        let counts = entry.counts;
+        let targets: u32 = counts.iter().sum();
+        let healthy = counts[index(CheckStatus::Ok)];
+        let unhealthy = counts[index(CheckStatus::Impaired)];
+        let insufficient = counts[index(CheckStatus::InsufficientData)];
+        let generation = info.generation;
+        let running = info.def.as_ref();
+        let suspended = running.is_some_and(|d| d.suspend);
+
+        let mut wanted: Vec<(&str, &str, String, String)> = Vec::new();
+        match (&info.invalid, running) {
+            (Some(errors), Some(def)) => wanted.push((
+                conditions::INVALID,
+                "True",
+                reasons::INVALID_SPEC.into(),
+                format!("{errors}; still running the last valid spec (generation {})", def.generation),
+            )),
+            (Some(errors), None) => wanted.push((
+                conditions::INVALID,
+                "True",
+                reasons::INVALID_SPEC.into(),
+                format!("{errors}; not running"),
+            )),
+            (None, _) => wanted.push((
+                conditions::INVALID,
+                "False",
+                reasons::VALID_SPEC.into(),
+                "the spec is valid".into(),
+            )),
+        }
+        let ready = if running.is_none() {
+            ("False", reasons::INVALID_SPEC, "the spec is invalid; nothing is probed".to_owned())
+        } else if suspended {
+            (
+                "False",
+                reasons::SUSPENDED,
+                "spec.suspend is set; probing and remediation are paused".to_owned(),
+            )
+        } else if targets == 0 {
+            let why = entry.note.clone().unwrap_or_else(|| "no target matches on this node".to_owned());
+            ("False", reasons::NO_TARGETS, why)
+        } else {
+            ("True", reasons::PROBING, format!("probing {targets} targets"))
+        };
+        wanted.push((conditions::READY, ready.0, ready.1.into(), ready.2));
+        let degraded = if unhealthy > 0 {
+            let names: Vec<&str> = unhealthy_list.iter().map(|u| u.id.as_str()).take(5).collect();
+            (
+                "True",
+                reasons::TARGETS_IMPAIRED,
+                format!("{unhealthy} of {targets} targets impaired: {}", names.join(", ")),
+            )
+        } else if insufficient > 0 {
+            (
+                "True",
+                reasons::INSUFFICIENT_DATA,
+                format!("{insufficient} of {targets} targets cannot be probed"),
+            )
+        } else if counts[index(CheckStatus::Initializing)] > 0 {
+            ("Unknown", reasons::INITIALIZING, "waiting for the first probes".to_owned())
+        } else {
+            ("False", reasons::ALL_OK, format!("{healthy} of {targets} targets ok"))
+        };
+        wanted.push((conditions::DEGRADED, degraded.0, degraded.1.into(), degraded.2));
+
+        let previous = std::mem::take(&mut entry.conditions);
+        let conditions: Vec<Condition> = wanted
+            .into_iter()
+            .map(|(type_, status, reason, message)| {
+                let since = previous
+                    .iter()
+                    .find(|c| c.type_ == type_ && c.status == status)
+                    .map(|c| c.last_transition_time.clone())
+                    .unwrap_or_else(|| time(now));
+                Condition {
+                    type_: type_.to_owned(),
+                    status: status.to_owned(),
+                    reason,
+                    message,
+                    observed_generation: Some(generation),
+                    last_transition_time: since,
+                }
+            })
+            .collect();
+        entry.conditions = conditions.clone();
+
+        let remediation_allowed =
+            running.and_then(|d| d.action.as_ref()).map(|_| entry.blocked.is_none() && !suspended);
+        let (target_kind, probe_kind) = match running {
+            Some(def) => (Some(def.target.kind().to_owned()), Some(def.probe.kind().to_owned())),
+            None => (None, None),
+        };
+        let mut doc = HealthCheck::new(&key.name, info.spec.clone());
+        doc.metadata = ObjectMeta {
+            name: Some(key.name.clone()),
+            namespace: Some(key.namespace.clone()),
+            generation: Some(generation),
+            ..ObjectMeta::default()
+        };
+        doc.status = Some(HealthCheckStatus {
+            observed_generation: Some(generation),
+            conditions,
+            target_kind,
+            probe_kind,
+            targets,
+            healthy,
+            unhealthy,
+            unknown: targets - healthy - unhealthy,
+            unhealthy_instances: unhealthy_list,
+            remediation_allowed,
+        });
+        Some(doc)
+    }
+}
+
+fn move_count(inner: &mut Inner, key: &CheckKey, from: CheckStatus, to: CheckStatus) {
+    if let Some(c) = inner.checks.get_mut(key) {
+        c.counts[index(from)] = c.counts[index(from)].saturating_sub(1);
+        c.counts[index(to)] += 1;
+    }
+}
+
+fn uses_host_details(kind: InstanceKind) -> bool {
+    matches!(kind, InstanceKind::Host | InstanceKind::Container | InstanceKind::Vm | InstanceKind::Pod)
+}
+
+fn statuses(details: &[Detail]) -> Vec<(&str, CheckStatus)> {
+    details.iter().map(|d| (d.name.as_str(), d.status)).collect()
+}
+
+/// New observations, keeping `impaired_since` of details that stay impaired.
+fn merge_details(previous: &[Detail], observed: Vec<Observation>, now: Timestamp) -> Vec<Detail> {
+    observed
+        .into_iter()
+        .map(|o| {
+            let since = if o.status == CheckStatus::Impaired {
+                previous.iter().find(|p| p.name == o.name).and_then(|p| p.impaired_since).or(Some(now))
+            } else {
+                None
+            };
+            Detail { name: o.name, status: o.status, message: o.message, impaired_since: since }
+        })
+        .collect()
+}
+
+fn summary(details: Vec<StatusDetail>) -> StatusSummary {
+    StatusSummary { status: CheckStatus::worst(details.iter().map(|d| d.status)), details }
+}
+
+fn detail(d: &Detail) -> StatusDetail {
+    StatusDetail {
+        name: d.name.clone(),
+        status: d.status,
+        impaired_since: d.impaired_since.map(time),
+        message: Some(d.message.clone()),
+    }
+}
+
+/// The System, Instance and Attached-volume summaries of an instance.
+fn summaries(inner: &Inner, entry: &InstanceEntry) -> (StatusSummary, StatusSummary, StatusSummary) {
+    let kind = entry.instance.kind;
+    let system =
+        if uses_host_details(kind) { inner.host_system.iter().map(detail).collect() } else { Vec::new() };
+    let volumes =
+        if kind == InstanceKind::Host { inner.host_volumes.iter().map(detail).collect() } else { Vec::new() };
+    let instance = entry
+        .checks
+        .iter()
+        .map(|(key, slot)| StatusDetail {
+            name: key.to_string(),
+            status: slot.state.status,
+            impaired_since: slot.state.impaired_since.map(time),
+            message: match (slot.state.status, slot.state.reason, &slot.state.message) {
+                (CheckStatus::Ok, _, _) | (_, _, None) => None,
+                (_, Some(reason), Some(m)) => Some(format!("{reason}: {m}")),
+                (_, None, Some(m)) => Some(m.clone()),
+            },
+        })
+        .collect();
+    (summary(system), summary(instance), summary(volumes))
+}
+
+fn restore_entry(entry: &mut InstanceEntry, doc: InstanceStatus) {
+    if let Some(created) = doc.metadata.creation_timestamp {
+        entry.first_seen = created.0;
+    }
+    let Some(status) = doc.status else { return };
+    entry.restart_count = status.restarts.count;
+    entry.history = status
+        .restarts
+        .recent
+        .into_iter()
+        .filter_map(|r| {
+            Some(ActionRecord {
+                at: r.time.0,
+                check: CheckKey::parse(&r.health_check)?,
+                action: r.action,
+                succeeded: r.succeeded,
+                message: r.message,
+            })
+        })
+        .collect();
+    entry.restored_checks = status.checks.into_iter().map(|c| (c.health_check.clone(), c)).collect();
+}
+
+/// A check state read back from disk.
+fn restore_state(r: &CheckResult) -> CheckState {
+    let last_outcome = if r.consecutive_successes > 0 {
+        Some(LastOutcome::Healthy)
+    } else if r.consecutive_failures > 0 {
+        Some(LastOutcome::Unhealthy)
+    } else if r.consecutive_errors > 0 {
+        Some(LastOutcome::Unknown)
+    } else {
+        None
+    };
+    CheckState {
+        status: r.status,
+        consecutive_failures: r.consecutive_failures,
+        consecutive_successes: r.consecutive_successes,
+        consecutive_errors: r.consecutive_errors,
+        last_probe: r.last_probe_time.as_ref().map(|t| t.0),
+        last_transition: r.last_transition_time.as_ref().map(|t| t.0),
+        impaired_since: r.impaired_since.as_ref().map(|t| t.0),
+        reason: r.reason.as_deref().and_then(Reason::parse),
+        message: r.message.clone(),
+        last_outcome,
+        ever_passed: r.status == CheckStatus::Ok || r.consecutive_successes > 0,
+    }
+}

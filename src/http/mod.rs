@@ -1,0 +1,283 @@
+//! The HTTP server shared by the agent and the controller: one listener, GET and HEAD only,
+//! with timeouts on every side of a connection and a limit on header size.
+//!
+//! - reading a request's headers (and waiting for the next one on a kept-alive connection) is
+//!   bounded by `header_timeout`;
+//! - a handler is bounded by `request_timeout` (routes that stream opt out);
+//! - a write that makes no progress for `write_timeout` closes the connection;
+//! - headers larger than `max_header_bytes` are refused with 431.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+use tower::ServiceExt;
+use tracing::debug;
+
+/// Limits of the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// Time to receive a request's headers, and to wait for the next request.
+    #[serde(with = "secs")]
+    pub header_timeout: Duration,
+    /// Time a handler may take.
+    #[serde(with = "secs")]
+    pub request_timeout: Duration,
+    /// Time a write may make no progress.
+    #[serde(with = "secs")]
+    pub write_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+}
+
+mod secs {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// The peer of a connection, in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(stream, peer, router.clone(), config));
+    }
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, router: Router, config: ServerConfig) {
+    let io = TokioIo::new(WriteTimeout::new(stream, config.write_timeout));
+    let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(Peer(peer));
+        router.clone().oneshot(request.map(Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192) * 2)
+        .keep_alive(true);
+    builder.max_header_size(config.max_header_bytes);
+    if let Err(e) = builder.serve_connection(io, service).await {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Bounds a handler's time; answers 503 when it runs out.
+pub async fn request_timeout(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the request took too long"),
+    }
+}
+
+/// A JSON error body: `{"error": {"code": 404, "message": "…"}}`.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    #[derive(Serialize)]
+    struct Body {
+        error: Inner,
+    }
+    #[derive(Serialize)]
+    struct Inner {
+        code: u16,
+        message: String,
+    }
+    let body = Body { error: Inner { code: status.as_u16(), message: message.into() } };
+    (status, axum::Json(body)).into_response()
+}
+
+/// 404 for paths that do not exist.
+pub async fn not_found(request: Request) -> Response {
+    error(StatusCode::NOT_FOUND, format!("no such path: {}", request.uri().path()))
+}
+
+/// `Content-Type` of the Prometheus text format.
+pub fn prometheus_text(body: String) -> Response {
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+/// Who may call sensitive routes (logs, configuration): callers on loopback, and callers that
+/// present the configured bearer token.
+#[derive(Clone, Debug, Default)]
+pub struct AccessPolicy {
+    /// The token, when one is configured.
+    pub token: Option<String>,
+}
+
+impl AccessPolicy {
+    /// Whether the request may proceed.
+    pub fn allows(&self, request: &Request) -> bool {
+        let loopback = request.extensions().get::<Peer>().is_some_and(|p| p.0.ip().is_loopback());
+        if loopback {
+            return true;
+        }
+        let Some(token) = &self.token else { return false };
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))
+    }
+}
+
+/// Middleware refusing callers the policy does not allow.
+pub async fn require_access(policy: AccessPolicy, request: Request, next: Next) -> Response {
+    if policy.allows(&request) {
+        return next.run(request).await;
+    }
+    let message = if policy.token.is_some() {
+        "this route needs a bearer token, or a caller on loopback"
+    } else {
+        "this route is only served to callers on loopback (configure --api-token-file to allow others)"
+    };
+    error(StatusCode::FORBIDDEN, message)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Fails a write that makes no progress for a while.
+#[derive(Debug)]
+struct WriteTimeout<S> {
+    inner: S,
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> WriteTimeout<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        WriteTimeout { inner, limit, timer: None }
+    }
+
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let limit = self.limit;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.timer = None;
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "write made no progress")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progressed<T>(&mut self, result: io::Result<T>) -> Poll<io::Result<T>> {
+        self.timer = None;
+        Poll::Ready(result)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteTimeout<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => this.progressed(r),
+            Poll::Pending => this.pending(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => this.progressed(r),
+            Poll::Pending => this.pending(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Ready(r) => this.progressed(r),
+            Poll::Pending => this.pending(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Ready(r) => this.progressed(r),
+            Poll::Pending => this.pending(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

@@ -1,0 +1,140 @@
+//! What is on this node: the instances the agent can check.
+//!
+//! The host itself is always an instance; endpoints become instances when a check names them;
+//! containers, VMs and pods come from their runtimes.
+
+pub mod host;
+
+use std::collections::BTreeMap;
+
+use crate::api::{InstanceKind, InstanceState};
+
+/// Resources an instance claims from the host (vCPUs and memory of a VM, a container's limits).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Claimed {
+    /// CPUs.
+    pub cpus: f64,
+    /// Memory, MiB.
+    pub memory_mb: u64,
+}
+
+/// A monitored instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance {
+    /// Stable id, also the InstanceStatus name.
+    pub id: String,
+    /// Kind.
+    pub kind: InstanceKind,
+    /// Human name.
+    pub name: String,
+    /// Node observing it.
+    pub node: String,
+    /// Where probes go, when there is an address.
+    pub address: Option<String>,
+    /// Labels (Docker labels, pod labels), used by selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Run state.
+    pub state: InstanceState,
+    /// Resources claimed, for the host's `used_cpus` / `used_memory_mb`.
+    pub claimed: Option<Claimed>,
+}
+
+impl Instance {
+    /// The node itself.
+    pub fn host(node: &str) -> Instance {
+        Instance {
+            id: instance_id("host", node),
+            kind: InstanceKind::Host,
+            name: node.to_owned(),
+            node: node.to_owned(),
+            address: Some("127.0.0.1".to_owned()),
+            labels: BTreeMap::new(),
+            state: InstanceState::Running,
+            claimed: None,
+        }
+    }
+
+    /// A fixed address, as seen from `node`.
+    pub fn endpoint(node: &str, address: &str) -> Instance {
+        Instance {
+            id: instance_id("endpoint", address),
+            kind: InstanceKind::Endpoint,
+            name: address.to_owned(),
+            node: node.to_owned(),
+            address: Some(address.to_owned()),
+            labels: BTreeMap::new(),
+            state: InstanceState::Unknown,
+            claimed: None,
+        }
+    }
+}
+
+/// A valid object name (DNS subdomain) for an instance: `prefix-` and the raw id, lowercased,
+/// other characters replaced by `-`. When the mapping lost information, a short hash of the raw
+/// id is appended so that two ids never collide.
+pub fn instance_id(prefix: &str, raw: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + raw.len() + 1);
+    out.push_str(prefix);
+    out.push('-');
+    // `host:port` reads well as `host-port`; that is only unambiguous when the raw id has no `-`.
+    let colon_is_lossless = !raw.contains('-') && raw.matches(':').count() <= 1;
+    let mut lossy = false;
+    let mut last_dash = true;
+    for c in raw.chars() {
+        let mapped = match c {
+            'a'..='z' | '0'..='9' | '.' => c,
+            'A'..='Z' => {
+                lossy = true;
+                c.to_ascii_lowercase()
+            }
+            _ => {
+                lossy |= !(c == ':' && colon_is_lossless || c == '-');
+                '-'
+            }
+        };
+        if mapped == '-' && last_dash {
+            lossy = true;
+            continue;
+        }
+        last_dash = mapped == '-' || mapped == '.';
+        out.push(mapped);
+    }
+    while out.ends_with(['-', '.']) {
+        out.pop();
+        lossy = true;
+    }
+    if lossy || out.len() > 200 {
+        out.truncate(200);
+        out.push('-');
+        out.push_str(&format!("{:08x}", fnv1a(raw.as_bytes()) as u32));
+    }
+    out
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_object_names() {
+        assert_eq!(instance_id("endpoint", "127.0.0.1:8080"), "endpoint-127.0.0.1-8080");
+        assert_eq!(instance_id("host", "node-1"), "host-node-1");
+        let v6 = instance_id("endpoint", "[::1]:80");
+        assert!(v6.starts_with("endpoint-1-80-"), "{v6}");
+        assert_ne!(instance_id("endpoint", "A:1"), instance_id("endpoint", "a:1"));
+        assert_ne!(instance_id("endpoint", "my-host:80"), instance_id("endpoint", "my-host-80"));
+        assert_ne!(instance_id("endpoint", "a_1"), instance_id("endpoint", "a-1"));
+        for id in [v6, instance_id("x", "Weird Name!!"), instance_id("x", &"y".repeat(300))] {
+            assert!(id.len() <= 253);
+            assert!(
+                id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'),
+                "{id}"
+            );
+            assert!(!id.ends_with('-'));
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! Probers: one probe in, one outcome out, no state.
+//!
+//! A probe that could not run is not a probe that failed: every prober answers with one of three
+//! [`Outcome`]s. `Unhealthy` carries a [`Reason`] from a small fixed set (usable as a metric
+//! label); `Unknown` feeds `insufficient-data` and never a restart.
+
+pub mod exec;
+pub mod grpc;
+pub mod http;
+mod net;
+pub mod tcp;
+mod tls;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use net::{AddressPolicy, is_link_local};
+
+/// The result of one probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The target passed.
+    Healthy {
+        /// What was seen, e.g. `200 OK`.
+        message: String,
+    },
+    /// The target answered wrongly or not at all.
+    Unhealthy {
+        /// Why, from a fixed set.
+        reason: Reason,
+        /// Details for a person.
+        message: String,
+    },
+    /// The probe could not be run; nothing is known about the target.
+    Unknown {
+        /// What went wrong on our side.
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// A healthy outcome.
+    pub fn healthy(message: impl Into<String>) -> Outcome {
+        Outcome::Healthy { message: message.into() }
+    }
+
+    /// An unhealthy outcome.
+    pub fn unhealthy(reason: Reason, message: impl Into<String>) -> Outcome {
+        Outcome::Unhealthy { reason, message: message.into() }
+    }
+
+    /// An outcome for a probe that could not run.
+    pub fn unknown(error: impl Into<String>) -> Outcome {
+        Outcome::Unknown { error: error.into() }
+    }
+
+    /// `healthy`, `unhealthy` or `unknown`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Healthy { .. } => "healthy",
+            Outcome::Unhealthy { .. } => "unhealthy",
+            Outcome::Unknown { .. } => "unknown",
+        }
+    }
+
+    /// The message or error text.
+    pub fn message(&self) -> &str {
+        match self {
+            Outcome::Healthy { message } | Outcome::Unhealthy { message, .. } => message,
+            Outcome::Unknown { error } => error,
+        }
+    }
+
+    /// The failure reason, for unhealthy outcomes.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Outcome::Unhealthy { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+}
+
+/// Why a probe failed. A closed set, so that it can label metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// No answer within the timeout.
+    Timeout,
+    /// The name did not resolve.
+    Dns,
+    /// The connection was refused.
+    Refused,
+    /// The connection was reset or closed early.
+    Reset,
+    /// No route to the host or network.
+    Unreachable,
+    /// Another connection error.
+    Connect,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// The peer spoke something that is not the expected protocol.
+    Protocol,
+    /// An HTTP status outside the expected range.
+    Status,
+    /// The HTTP body did not match.
+    Body,
+    /// Too many redirects.
+    Redirect,
+    /// A command exited non-zero.
+    ExitCode,
+    /// A command was killed by a signal.
+    Signal,
+    /// gRPC health answered `NOT_SERVING` (or `UNKNOWN`).
+    NotServing,
+    /// gRPC health does not know the service asked for.
+    ServiceUnknown,
+    /// A gRPC call failed with a status code.
+    GrpcStatus,
+    /// A workload reported itself unhealthy (e.g. Docker HEALTHCHECK).
+    Unhealthy,
+    /// A workload is not running (stopped, paused, crashed).
+    NotRunning,
+    /// A guest agent did not answer.
+    GuestAgent,
+    /// A block device or volume reports errors.
+    Io,
+    /// A filesystem is fuller than allowed.
+    FilesystemFull,
+}
+
+impl Reason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Timeout => "timeout",
+            Reason::Dns => "dns",
+            Reason::Refused => "refused",
+            Reason::Reset => "reset",
+            Reason::Unreachable => "unreachable",
+            Reason::Connect => "connect",
+            Reason::Tls => "tls",
+            Reason::Protocol => "protocol",
+            Reason::Status => "status",
+            Reason::Body => "body",
+            Reason::Redirect => "redirect",
+            Reason::ExitCode => "exit-code",
+            Reason::Signal => "signal",
+            Reason::NotServing => "not-serving",
+            Reason::ServiceUnknown => "service-unknown",
+            Reason::GrpcStatus => "grpc-status",
+            Reason::Unhealthy => "unhealthy",
+            Reason::NotRunning => "not-running",
+            Reason::GuestAgent => "guest-agent",
+            Reason::Io => "io-error",
+            Reason::FilesystemFull => "filesystem-full",
+        }
+    }
+
+    /// Parses a label value back (used when state is restored from disk).
+    pub fn parse(s: &str) -> Option<Reason> {
+        ALL_REASONS.iter().copied().find(|r| r.as_str() == s)
+    }
+}
+
+/// Every reason, for parsing and documentation.
+pub const ALL_REASONS: &[Reason] = &[
+    Reason::Timeout,
+    Reason::Dns,
+    Reason::Refused,
+    Reason::Reset,
+    Reason::Unreachable,
+    Reason::Connect,
+    Reason::Tls,
+    Reason::Protocol,
+    Reason::Status,
+    Reason::Body,
+    Reason::Redirect,
+    Reason::ExitCode,
+    Reason::Signal,
+    Reason::NotServing,
+    Reason::ServiceUnknown,
+    Reason::GrpcStatus,
+    Reason::Unhealthy,
+    Reason::NotRunning,
+    Reason::GuestAgent,
+    Reason::Io,
+    Reason::FilesystemFull,
+];
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One step of a probe, for `vigil check --verbose`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// `resolve`, `connect`, `tls`, `first-byte`, `body`, `redirect`, `spawn`, `exit`…
+    pub name: &'static str,
+    /// Time since the probe started when the step ended.
+    pub at: Duration,
+    /// What the step found.
+    pub detail: String,
+}
+
+/// Collects steps when asked to; costs nothing otherwise.
+#[derive(Debug)]
+pub struct Trace {
+    start: Instant,
+    steps: Option<Vec<Step>>,
+}
+
+impl Trace {
+    /// A trace that records steps when `enabled`.
+    pub fn new(enabled: bool) -> Trace {
+        Trace { start: Instant::now(), steps: enabled.then(Vec::new) }
+    }
+
+    /// Whether steps are recorded.
+    pub fn enabled(&self) -> bool {
+        self.steps.is_some()
+    }
+
+    /// Records a step ending now. The detail is only built when the trace is enabled.
+    pub fn step(&mut self, name: &'static str, detail: impl FnOnce() -> String) {
+        if let Some(steps) = &mut self.steps {
+            steps.push(Step { name, at: self.start.elapsed(), detail: detail() });
+        }
+    }
+
+    /// The recorded steps.
+    pub fn into_steps(self) -> Vec<Step> {
+        self.steps.unwrap_or_default()
+    }
+}
+
+/// One probe's outcome with its timing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// What the probe found.
+    pub outcome: Outcome,
+    /// How long it took.
+    pub duration: Duration,
+    /// Steps, when tracing was asked for.
+    pub steps: Vec<Step>,
+}
+
+/// A port: a number, or the name of a container port (resolved for pods only).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PortRef {
+    /// A port number.
+    Number(u16),
+    /// A named container port.
+    Name(String),
+}
+
+/// What to probe, validated. Built from a HealthCheck's `spec.probe`, or by `vigil check`.
+#[derive(Clone, Debug)]
+pub enum ProbeSpec {
+    /// HTTP GET.
+    Http(http::HttpSpec),
+    /// TCP connect.
+    Tcp(tcp::TcpSpec),
+    /// gRPC health.
+    Grpc(grpc::GrpcSpec),
+    /// A command.
+    Exec(exec::ExecSpec),
+    /// Docker HEALTHCHECK state.
+    Docker,
+    /// QEMU checks.
+    Qmp(QmpSpec),
+}
+
+impl ProbeSpec {
+    /// The probe kind as written in the API (`http`, `tcp`…), also a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProbeSpec::Http(_) => "http",
+            ProbeSpec::Tcp(_) => "tcp",
+            ProbeSpec::Grpc(_) => "grpc",
+            ProbeSpec::Exec(_) => "exec",
+            ProbeSpec::Docker => "docker",
+            ProbeSpec::Qmp(_) => "qmp",
+        }
+    }
+
+    /// The port the probe uses unless the target address names one.
+    pub fn port(&self) -> Option<&PortRef> {
+        match self {
+            ProbeSpec::Http(h) => h.port.as_ref(),
+            ProbeSpec::Tcp(t) => t.port.as_ref(),
+            ProbeSpec::Grpc(g) => g.port.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// QEMU checks to run (the prober arrives with the QEMU support).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QmpSpec {
+    /// Which checks, by API name.
+    pub checks: Vec<String>,
+    /// Guest filesystem usage limit, percent.
+    pub filesystem_usage_percent: u8,
+}
+
+/// Where a probe goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Host name or IP address.
+    pub host: String,
+    /// Port given by the target itself (an endpoint's `host:port`); wins over the probe's.
+    pub port: Option<u16>,
+    /// Which addresses may be connected to.
+    pub policy: AddressPolicy,
+    /// Extra environment for `exec` probes (`VIGIL_INSTANCE_ID`…).
+    pub env: Vec<(String, String)>,
+}
+
+impl Target {
+    /// A target at `host`, with the default address policy.
+    pub fn new(host: impl Into<String>) -> Target {
+        Target { host: host.into(), port: None, policy: AddressPolicy::default(), env: Vec::new() }
+    }
+}
+
+/// Runs probes. Holds only what is expensive to build and never changes (TLS configurations);
+/// every probe is independent.
+#[derive(Clone, Debug)]
+pub struct Prober {
+    tls: Arc<tls::TlsConfigs>,
+    user_agent: Arc<str>,
+}
+
+impl Prober {
+    /// A prober that trusts the system's certificate store.
+    pub fn new() -> Prober {
+        Prober {
+            tls: Arc::new(tls::TlsConfigs::load()),
+            user_agent: Arc::from(format!("vigil/{}", env!("CARGO_PKG_VERSION"))),
+        }
+    }
+
+    /// Runs one probe against `target` within `timeout`.
+    pub async fn run(&self, spec: &ProbeSpec, target: &Target, timeout: Duration, trace: bool) -> Report {
+        let mut trace = Trace::new(trace);
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let outcome = match spec {
+            // The exec prober enforces its own deadline: it must kill the process group.
+            ProbeSpec::Exec(exec) => exec::probe(exec, target, timeout, &mut trace).await,
+            _ => match tokio::time::timeout_at(deadline, self.run_network(spec, target, &mut trace)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Outcome::unhealthy(Reason::Timeout, format!("no answer within {}", human(timeout))),
+            },
+        };
+        Report { outcome, duration: start.elapsed(), steps: trace.into_steps() }
+    }
+
+    async fn run_network(&self, spec: &ProbeSpec, target: &Target, trace: &mut Trace) -> Outcome {
+        match spec {
+            ProbeSpec::Http(http) => http::probe(http, target, &self.tls, &self.user_agent, trace).await,
+            ProbeSpec::Tcp(tcp) => tcp::probe(tcp, target, trace).await,
+            ProbeSpec::Grpc(grpc) => grpc::probe(grpc, target, &self.tls, &self.user_agent, trace).await,
+            ProbeSpec::Exec(_) => Outcome::unknown("internal error: exec probe on the network path"),
+            ProbeSpec::Docker => Outcome::unknown(
+                "the docker probe needs the Docker runtime, which this agent does not have yet",
+            ),
+            ProbeSpec::Qmp(_) => {
+                Outcome::unknown("the qmp probe needs the QEMU runtime, which this agent does not have yet")
+            }
+        }
+    }
+}
+
+impl Default for Prober {
+    fn default() -> Self {
+        Prober::new()
+    }
+}
+
+/// A duration as a person writes it: `1s`, `250ms`, `1.5s`.
+pub fn human(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        let s = d.as_secs_f64();
+        if s.fract() == 0.0 { format!("{s:.0}s") } else { format!("{s:.2}s") }
+    } else if d >= Duration::from_millis(1) {
+        format!("{:.1}ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{}µs", d.as_micros())
+    }
+}
+
+/// Resolves the port of a probe against a target: the target's own port, then the probe's
+/// numeric port, then `default`.
+pub fn effective_port(
+    target: &Target,
+    probe_port: Option<&PortRef>,
+    default: Option<u16>,
+) -> Result<u16, String> {
+    if let Some(port) = target.port {
+        return Ok(port);
+    }
+    match probe_port {
+        Some(PortRef::Number(n)) => Ok(*n),
+        Some(PortRef::Name(name)) => Err(format!("named port {name:?} can only be resolved for pods")),
+        None => default.ok_or_else(|| "no port: set the probe's port or give host:port".to_owned()),
+    }
+}

@@ -1,0 +1,299 @@
+//! The local state folder (standalone mode): one InstanceStatus document per instance under
+//! `instances/`, one HealthCheck (spec and status) per check under `healthchecks/`, the same
+//! YAML `kubectl get -o yaml` would show.
+//!
+//! Every file is written atomically: to a temporary file in the same folder, flushed to disk,
+//! then renamed over the old one, and the folder itself is flushed once per batch. A reader, or an
+//! agent killed at any moment, sees the old document or the new one, never half of one.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::fs::{self, File};
+use std::hash::{Hash, Hasher};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::api::{HealthCheck, InstanceStatus};
+use crate::engine::store::Store;
+use crate::health::Health;
+use crate::metrics::AgentMetrics;
+use crate::model::CheckKey;
+
+const INSTANCES: &str = "instances";
+const HEALTHCHECKS: &str = "healthchecks";
+const TMP_PREFIX: &str = ".tmp-";
+
+/// Why the state folder cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    /// A folder could not be created.
+    #[error("cannot create the state folder {path}")]
+    Create {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The state folder.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// One file to write or remove.
+#[derive(Clone, Debug)]
+enum Op {
+    Write { dir: &'static str, name: String, bytes: Vec<u8> },
+    Remove { dir: &'static str, name: String },
+}
+
+impl StateDir {
+    /// Opens (and creates) the folder; removes temporary files a killed run left behind.
+    pub fn open(root: &Path) -> Result<StateDir, StateDirError> {
+        for sub in [INSTANCES, HEALTHCHECKS] {
+            let path = root.join(sub);
+            fs::create_dir_all(&path)
+                .map_err(|source| StateDirError::Create { path: path.clone(), source })?;
+            if let Ok(entries) = fs::read_dir(&path) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                        let _ = fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+        Ok(StateDir { root: root.to_owned() })
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of an instance's document.
+    pub fn instance_path(&self, id: &str) -> PathBuf {
+        self.root.join(INSTANCES).join(format!("{id}.yaml"))
+    }
+
+    /// Path of a HealthCheck's document.
+    pub fn check_path(&self, key: &CheckKey) -> PathBuf {
+        self.root.join(HEALTHCHECKS).join(check_file(key))
+    }
+
+    /// Reads the instance documents an earlier run wrote. A document that cannot be read is set
+    /// aside (renamed `*.corrupt`), never deleted, and reported.
+    pub fn load_instances(&self) -> (Vec<InstanceStatus>, Vec<String>) {
+        let dir = self.root.join(INSTANCES);
+        let mut docs = Vec::new();
+        let mut problems = Vec::new();
+        let Ok(entries) = fs::read_dir(&dir) else { return (docs, problems) };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("yaml") {
+                continue;
+            }
+            let parsed = fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| serde_saphyr::from_str::<InstanceStatus>(&text).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(doc) => docs.push(doc),
+                Err(e) => {
+                    let aside = path.with_extension("yaml.corrupt");
+                    let _ = fs::rename(&path, &aside);
+                    problems.push(format!(
+                        "{} could not be read ({e}); moved to {}",
+                        path.display(),
+                        aside.display()
+                    ));
+                }
+            }
+        }
+        (docs, problems)
+    }
+
+    fn apply(&self, ops: &[Op]) -> Vec<(String, io::Error)> {
+        let mut failures = Vec::new();
+        let mut touched_dirs: Vec<&'static str> = Vec::new();
+        for op in ops {
+            let (dir, name, result) = match op {
+                Op::Write { dir, name, bytes } => {
+                    (dir, name, write_atomic(&self.root.join(dir), name, bytes))
+                }
+                Op::Remove { dir, name } => {
+                    let r = match fs::remove_file(self.root.join(dir).join(name)) {
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                        other => other,
+                    };
+                    (dir, name, r)
+                }
+            };
+            match result {
+                Ok(()) => {
+                    if !touched_dirs.contains(dir) {
+                        touched_dirs.push(dir);
+                    }
+                }
+                Err(e) => failures.push((format!("{dir}/{name}"), e)),
+            }
+        }
+        // The renames are durable once the folders are.
+        for dir in touched_dirs {
+            if let Err(e) = File::open(self.root.join(dir)).and_then(|d| d.sync_all()) {
+                failures.push((dir.to_owned(), e));
+            }
+        }
+        failures
+    }
+}
+
+fn check_file(key: &CheckKey) -> String {
+    // Neither a namespace nor a name may contain `_`.
+    format!("{}_{}.yaml", key.namespace, key.name)
+}
+
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(name))
+}
+
+fn hash(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// A file to write or remove, with the hash of what is written.
+#[derive(Clone, Debug)]
+struct Pending {
+    file: String,
+    hash: u64,
+    op: Op,
+}
+
+/// Writes the store's changes into the state folder.
+#[derive(Debug)]
+pub struct Reporter {
+    dir: StateDir,
+    store: Arc<Store>,
+    health: Arc<Health>,
+    metrics: AgentMetrics,
+    refresh: Duration,
+    /// Hash of the content last written, per file.
+    written: HashMap<String, u64>,
+    /// Writes that failed, retried with the next batch unless a newer version replaces them.
+    retry: HashMap<String, Pending>,
+}
+
+impl Reporter {
+    /// A reporter; counters-only changes are written at most every `refresh`.
+    pub fn new(
+        dir: StateDir,
+        store: Arc<Store>,
+        health: Arc<Health>,
+        metrics: AgentMetrics,
+        refresh: Duration,
+    ) -> Reporter {
+        Reporter { dir, store, health, metrics, refresh, written: HashMap::new(), retry: HashMap::new() }
+    }
+
+    /// Writes changes as they come until `stop` resolves, then writes everything once more.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut refresh = tokio::time::interval_at(Instant::now() + self.refresh, self.refresh);
+        loop {
+            let touched = tokio::select! {
+                () = self.store.changed() => false,
+                _ = refresh.tick() => true,
+                () = &mut stop => {
+                    self.flush(true).await;
+                    return;
+                }
+            };
+            // Let a burst of changes settle into one batch.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.flush(touched).await;
+        }
+    }
+
+    /// Writes what changed (with `touched`, counters-only changes too).
+    pub async fn flush(&mut self, touched: bool) {
+        let dirty = self.store.take_dirty(touched);
+        let mut batch: HashMap<String, Pending> = std::mem::take(&mut self.retry);
+        for (id, doc) in dirty.instances {
+            let p = pending(INSTANCES, format!("{id}.yaml"), doc.as_ref().map(render_instance));
+            batch.insert(p.file.clone(), p);
+        }
+        for (key, doc) in dirty.checks {
+            let p = pending(HEALTHCHECKS, check_file(&key), doc.as_ref().map(render_check));
+            batch.insert(p.file.clone(), p);
+        }
+        // Write only what differs from what is on disk.
+        batch.retain(|file, p| match p.op {
+            Op::Write { .. } => self.written.get(file) != Some(&p.hash),
+            Op::Remove { .. } => true,
+        });
+        if batch.is_empty() {
+            return;
+        }
+        let dir = self.dir.clone();
+        let ops: Vec<Op> = batch.values().map(|p| p.op.clone()).collect();
+        let failures = tokio::task::spawn_blocking(move || dir.apply(&ops)).await.unwrap_or_default();
+        for (file, p) in batch {
+            let kind = if file.starts_with(INSTANCES) { "instance" } else { "healthcheck" };
+            if failures.iter().any(|(f, _)| *f == file) {
+                self.metrics.status_writes.with_label_values(&[kind, "error"]).inc();
+                self.retry.insert(file, p);
+                continue;
+            }
+            self.metrics.status_writes.with_label_values(&[kind, "ok"]).inc();
+            match p.op {
+                Op::Write { .. } => self.written.insert(file, p.hash),
+                Op::Remove { .. } => self.written.remove(&file),
+            };
+        }
+        if failures.is_empty() {
+            self.health.set("state", Vec::new());
+            debug!("state folder up to date");
+        } else {
+            let problems: Vec<String> = failures
+                .iter()
+                .take(3)
+                .map(|(f, e)| format!("cannot write {}/{f}: {e}", self.dir.root().display()))
+                .collect();
+            warn!(failures = failures.len(), first = %problems.join("; "), "state folder write failed; will retry");
+            self.health.set("state", problems);
+        }
+    }
+}
+
+fn pending(dir: &'static str, name: String, yaml: Option<String>) -> Pending {
+    let file = format!("{dir}/{name}");
+    match yaml {
+        Some(text) => {
+            Pending { file, hash: hash(&text), op: Op::Write { dir, name, bytes: text.into_bytes() } }
+        }
+        None => Pending { file, hash: 0, op: Op::Remove { dir, name } },
+    }
+}
+
+/// An InstanceStatus as YAML.
+pub fn render_instance(doc: &InstanceStatus) -> String {
+    serde_saphyr::to_string(doc).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}
+
+/// A HealthCheck as YAML.
+pub fn render_check(doc: &HealthCheck) -> String {
+    serde_saphyr::to_string(doc).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}

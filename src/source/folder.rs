@@ -1,0 +1,349 @@
+//! HealthChecks from a folder of the same YAML `kubectl apply -f` takes (standalone mode).
+//!
+//! Every `*.yaml`, `*.yml` and `*.json` file directly in the folder is read; a file may hold
+//! several documents. Documents of other kinds are skipped (a folder may also hold a Namespace).
+//! Unknown fields are errors, as with `kubectl apply`'s strict field validation. A bad file or
+//! document is reported with the file, the document's index, the field and what is allowed;
+//! everything else keeps loading.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::Loaded;
+use crate::api::{API_VERSION, GROUP, HealthCheck};
+
+/// Largest file read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Namespace of documents that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// One problem loading the folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    /// The file, relative to the folder.
+    pub file: String,
+    /// The document, counting from 1, when the problem is in one.
+    pub document: Option<usize>,
+    /// `namespace/name`, when known.
+    pub object: Option<String>,
+    /// What is wrong: the field and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(doc) = self.document {
+            write!(f, ": document {doc}")?;
+        }
+        if let Some(object) = &self.object {
+            write!(f, " (HealthCheck {object})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// What a folder held.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// HealthChecks that parsed (they may still be invalid; validation is the catalog's job).
+    pub objects: Vec<Loaded>,
+    /// Everything that could not be loaded.
+    pub errors: Vec<LoadError>,
+}
+
+/// Why the folder itself could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    /// The folder is missing or unreadable.
+    #[error("cannot read the checks folder {path}")]
+    ReadDir {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads every HealthCheck in `dir`.
+pub fn load(dir: &Path) -> Result<Snapshot, FolderError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| FolderError::ReadDir { path: dir.to_owned(), source })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !name.starts_with('.')
+                && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+                && p.is_file()
+        })
+        .collect();
+    files.sort();
+    let mut snapshot = Snapshot::default();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for path in files {
+        let label = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = match std::fs::metadata(&path) {
+            Ok(m) if m.len() > MAX_FILE_BYTES => {
+                snapshot
+                    .errors
+                    .push(file_error(&label, format!("larger than {MAX_FILE_BYTES} bytes; not read")));
+                continue;
+            }
+            Ok(_) => match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    snapshot.errors.push(file_error(&label, format!("cannot read: {e}")));
+                    continue;
+                }
+            },
+            Err(e) => {
+                snapshot.errors.push(file_error(&label, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        let (objects, errors) = parse(&label, &text);
+        snapshot.errors.extend(errors);
+        for loaded in objects {
+            let key = loaded.key().to_string();
+            if let Some(first) = seen.get(&key) {
+                snapshot.errors.push(LoadError {
+                    file: label.clone(),
+                    document: None,
+                    object: Some(key.clone()),
+                    message: format!("{}: duplicates the HealthCheck of {first}; ignored", loaded.origin),
+                });
+                continue;
+            }
+            seen.insert(key, loaded.origin.clone());
+            snapshot.objects.push(loaded);
+        }
+    }
+    Ok(snapshot)
+}
+
+fn file_error(file: &str, message: String) -> LoadError {
+    LoadError { file: file.to_owned(), document: None, object: None, message }
+}
+
+/// Parses the documents of one file.
+pub fn parse(file: &str, text: &str) -> (Vec<Loaded>, Vec<LoadError>) {
+    let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
+        Ok(docs) => docs,
+        Err(e) => return (Vec::new(), vec![file_error(file, format!("not valid YAML: {e}"))]),
+    };
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let n = i + 1;
+        let err = |object: Option<String>, message: String| LoadError {
+            file: file.to_owned(),
+            document: Some(n),
+            object,
+            message,
+        };
+        let Value::Object(map) = &doc else {
+            if !doc.is_null() {
+                errors.push(err(None, "expected an object with apiVersion and kind".to_owned()));
+            }
+            continue;
+        };
+        let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
+        if api_version.is_empty() || kind.is_empty() {
+            errors.push(err(None, "apiVersion and kind are required".to_owned()));
+            continue;
+        }
+        let ours = api_version.split('/').next() == Some(GROUP);
+        if kind != "HealthCheck" {
+            if ours {
+                errors.push(err(
+                    None,
+                    format!("kind {kind:?} is not read from a checks folder; only HealthCheck is"),
+                ));
+            } else {
+                debug!(file, document = n, kind, "skipping a document that is not a HealthCheck");
+            }
+            continue;
+        }
+        if api_version != API_VERSION {
+            errors.push(err(None, format!("apiVersion {api_version:?} is not served; use {API_VERSION}")));
+            continue;
+        }
+        let name = map.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).map(str::to_owned);
+        let namespace = map
+            .get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .unwrap_or(DEFAULT_NAMESPACE)
+            .to_owned();
+        let object_label = name.as_ref().map(|n| format!("{namespace}/{n}"));
+        let mut unknown = Vec::new();
+        let mut record = |path: serde_ignored::Path<'_>| {
+            let path = path.to_string();
+            // The generated root type checks these two itself and leaves them unused.
+            if path != "apiVersion" && path != "kind" {
+                unknown.push(path);
+            }
+        };
+        let de = serde_ignored::Deserializer::new(doc, &mut record);
+        let parsed: Result<HealthCheck, _> = serde_path_to_error::deserialize(de);
+        match parsed {
+            Err(e) => {
+                let path = e.path().to_string();
+                let field = if path == "." || path.is_empty() { String::new() } else { format!("{path}: ") };
+                errors.push(err(object_label, format!("{field}{}", e.inner())));
+            }
+            Ok(_) if !unknown.is_empty() => {
+                let fields: Vec<String> = unknown.iter().map(|p| format!("{p:?}")).collect();
+                errors.push(err(
+                    object_label,
+                    format!("unknown field {} (see `kubectl explain healthcheck.spec`)", fields.join(", ")),
+                ));
+            }
+            Ok(mut object) => {
+                if name.is_none() {
+                    errors.push(err(None, "metadata.name: required".to_owned()));
+                    continue;
+                }
+                object.metadata.namespace = Some(namespace);
+                objects.push(Loaded { object, origin: format!("{file} document {n}") });
+            }
+        }
+    }
+    (objects, errors)
+}
+
+/// Watches `dir` and sends a fresh [`Snapshot`] after each change (debounced), and at least
+/// every `rescan` in case an event was missed. Ends when the receiver is gone.
+pub async fn watch(dir: PathBuf, rescan: Duration, tx: mpsc::Sender<Result<Snapshot, FolderError>>) {
+    let (events_tx, mut events) = mpsc::channel::<()>(1);
+    let watcher = {
+        use notify::Watcher;
+        let tx = events_tx.clone();
+        let made = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                // Full channel: a reload is already pending, which is enough.
+                let _ = tx.try_send(());
+            }
+        });
+        match made {
+            Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot watch the checks folder; rescanning every {}s", rescan.as_secs());
+                    None
+                }
+            },
+            Err(e) => {
+                warn!(error = %e, "no file watcher; rescanning the checks folder every {}s", rescan.as_secs());
+                None
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(rescan);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            Some(()) = events.recv() => {
+                // Editors write in several steps: let them finish.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while events.try_recv().is_ok() {}
+            }
+            _ = tick.tick() => {}
+        }
+        let dir2 = dir.clone();
+        let snapshot = tokio::task::spawn_blocking(move || load(&dir2)).await;
+        let Ok(snapshot) = snapshot else { continue };
+        if tx.send(snapshot).await.is_err() {
+            break;
+        }
+    }
+    drop(watcher);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_documents_other_kinds_and_errors() {
+        let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: web}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: HealthCheck
+metadata: {name: good, namespace: web}
+spec:
+  target: {host: {}}
+  probe: {tcp: {port: 22}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: HealthCheck
+metadata: {name: typo}
+spec:
+  target: {host: {}}
+  probe: {tcp: {port: 22}, periodSecond: 5}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: HealthCheck
+metadata: {name: wrongtype}
+spec:
+  target: {host: {}}
+  probe: {tcp: {port: 22}, periodSeconds: ten}
+---
+apiVersion: vigil.dev/v1beta9
+kind: HealthCheck
+metadata: {name: future}
+"#;
+        let (objects, errors) = parse("checks.yaml", text);
+        assert_eq!(objects.len(), 1);
+        assert_eq!(objects[0].key().to_string(), "web/good");
+        assert_eq!(objects[0].origin, "checks.yaml document 2");
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        let typo = errors[0].to_string();
+        assert!(typo.starts_with("checks.yaml: document 3 (HealthCheck default/typo)"), "{typo}");
+        assert!(typo.contains("spec.probe.periodSecond"), "{typo}");
+        let wrong = errors[1].to_string();
+        assert!(wrong.contains("document 4") && wrong.contains("spec.probe.periodSeconds"), "{wrong}");
+        assert!(wrong.contains("invalid type"), "{wrong}");
+        assert!(errors[2].to_string().contains("v1beta9"), "{}", errors[2]);
+    }
+
+    #[test]
+    fn broken_yaml_names_the_file() {
+        let (objects, errors) = parse("bad.yaml", "kind: [unclosed");
+        assert!(objects.is_empty());
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].to_string().starts_with("bad.yaml: not valid YAML"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn duplicates_across_files_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata: {name: a}\nspec: {target: {host: {}}, probe: {tcp: {port: 1}}}\n";
+        std::fs::write(dir.path().join("1.yaml"), doc).unwrap();
+        std::fs::write(dir.path().join("2.yml"), doc).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        std::fs::write(dir.path().join(".hidden.yaml"), "not: [valid").unwrap();
+        let snap = load(dir.path()).unwrap();
+        assert_eq!(snap.objects.len(), 1);
+        assert_eq!(snap.errors.len(), 1);
+        assert!(
+            snap.errors[0].message.contains("duplicates the HealthCheck of 1.yaml document 1"),
+            "{}",
+            snap.errors[0]
+        );
+        assert!(load(&dir.path().join("missing")).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! Where HealthChecks come from: a folder of YAML (standalone) or the API server.
+//!
+//! Every source feeds a [`Catalog`], which keeps the last valid definition of each check running
+//! when an edit makes it invalid, and numbers generations for sources that have none.
+
+pub mod folder;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::api::{HealthCheck, HealthCheckSpec};
+use crate::engine::store::CheckInfo;
+use crate::model::{self, CheckDef, CheckKey, FieldError};
+
+/// A HealthCheck read from a source, with where it came from.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The object (namespace defaulted).
+    pub object: HealthCheck,
+    /// Where it was read: `file.yaml document 2`.
+    pub origin: String,
+}
+
+impl Loaded {
+    /// `namespace/name` of the object.
+    pub fn key(&self) -> CheckKey {
+        CheckKey::new(
+            self.object.metadata.namespace.clone().unwrap_or_default(),
+            self.object.metadata.name.clone().unwrap_or_default(),
+        )
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    spec: HealthCheckSpec,
+    generation: i64,
+    running: Option<Arc<CheckDef>>,
+    invalid: Option<String>,
+}
+
+/// The HealthChecks of one source, with generations and last valid definitions.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    entries: BTreeMap<CheckKey, Entry>,
+}
+
+impl Catalog {
+    /// Replaces the content with `objects`. A check whose spec did not change keeps its
+    /// generation and its definition (so its workers keep running untouched); an invalid edit
+    /// keeps the last valid definition running. When `keep_generation` is set (the API server
+    /// numbers generations), the object's own `metadata.generation` is used.
+    pub fn update(&mut self, objects: Vec<Loaded>, keep_generation: bool) -> Vec<CheckInfo> {
+        let mut next = BTreeMap::new();
+        for loaded in objects {
+            let key = loaded.key();
+            let previous = self.entries.remove(&key);
+            let generation = match (&previous, keep_generation) {
+                (_, true) => loaded.object.metadata.generation.unwrap_or(1),
+                (Some(p), false) if p.spec == loaded.object.spec => p.generation,
+                (Some(p), false) => p.generation + 1,
+                (None, false) => 1,
+            };
+            let mut object = loaded.object;
+            object.metadata.generation = Some(generation);
+            let entry = match previous {
+                Some(p) if p.spec == object.spec && p.generation == generation => p,
+                previous => match model::validate(&object) {
+                    Ok(def) => Entry {
+                        spec: object.spec.clone(),
+                        generation,
+                        running: Some(Arc::new(def)),
+                        invalid: None,
+                    },
+                    Err(errors) => Entry {
+                        spec: object.spec.clone(),
+                        generation,
+                        running: previous.and_then(|p| p.running),
+                        invalid: Some(join(&errors)),
+                    },
+                },
+            };
+            next.insert(key, entry);
+        }
+        self.entries = next;
+        self.infos()
+    }
+
+    /// The checks as the store takes them.
+    pub fn infos(&self) -> Vec<CheckInfo> {
+        self.entries
+            .iter()
+            .map(|(key, e)| CheckInfo {
+                key: key.clone(),
+                def: e.running.clone(),
+                spec: e.spec.clone(),
+                generation: e.generation,
+                invalid: e.invalid.clone(),
+            })
+            .collect()
+    }
+
+    /// The definitions to run.
+    pub fn running(&self) -> Vec<Arc<CheckDef>> {
+        self.entries.values().filter_map(|e| e.running.clone()).collect()
+    }
+}
+
+/// Field errors as one line.
+pub fn join(errors: &[FieldError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(yaml: &str) -> Loaded {
+        let mut object: HealthCheck = serde_saphyr::from_str(yaml).unwrap();
+        object.metadata.namespace = Some("default".into());
+        Loaded { object, origin: "test".into() }
+    }
+
+    const GOOD: &str = "
+apiVersion: vigil.dev/v1alpha1
+kind: HealthCheck
+metadata: {name: web}
+spec:
+  target: {endpoints: {addresses: ['127.0.0.1:8080']}}
+  probe: {tcp: {}}
+";
+
+    #[test]
+    fn unchanged_specs_keep_their_definition_and_generation() {
+        let mut c = Catalog::default();
+        c.update(vec![loaded(GOOD)], false);
+        let first = c.running()[0].clone();
+        let infos = c.update(vec![loaded(GOOD)], false);
+        assert!(Arc::ptr_eq(&first, &c.running()[0]), "same Arc: workers are left alone");
+        assert_eq!(infos[0].generation, 1);
+        let changed = GOOD.replace("8080", "8081");
+        let infos = c.update(vec![loaded(&changed)], false);
+        assert_eq!(infos[0].generation, 2);
+        assert!(!Arc::ptr_eq(&first, &c.running()[0]));
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_the_last_valid_definition() {
+        let mut c = Catalog::default();
+        c.update(vec![loaded(GOOD)], false);
+        let bad = GOOD.replace("probe: {tcp: {}}", "probe: {tcp: {}, http: {}}");
+        let infos = c.update(vec![loaded(&bad)], false);
+        assert_eq!(infos.len(), 1);
+        let info = &infos[0];
+        assert!(
+            info.invalid.as_deref().unwrap().contains("spec.probe: exactly one of"),
+            "{:?}",
+            info.invalid
+        );
+        let running = info.def.as_ref().unwrap();
+        assert_eq!(running.generation, 1, "the last valid spec keeps running");
+        assert_eq!(info.generation, 2);
+        // Removed from the source: gone.
+        assert!(c.update(vec![], false).is_empty());
+    }
+}
