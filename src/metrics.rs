@@ -6,8 +6,8 @@
 //! `instance_id`, because Prometheus reserves `instance` for the scrape target.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Labels of a check target.
@@ -61,7 +61,7 @@ pub struct AgentMetrics {
 /// The process's own figures.
 #[derive(Clone, Debug)]
 pub struct ProcessMetrics {
-    cpu_seconds: Gauge,
+    cpu_seconds: Counter,
     resident_memory: IntGauge,
     open_fds: IntGauge,
     start_time: Gauge,
@@ -139,7 +139,7 @@ impl AgentMetrics {
         )?;
         let config_errors = IntGauge::new(
             "vigil_config_errors",
-            "Configuration files or documents that could not be loaded.",
+            "Configuration problems: files or documents that could not be loaded, and invalid HealthChecks.",
         )?;
         let status_writes = IntCounterVec::new(
             Opts::new(
@@ -154,7 +154,7 @@ impl AgentMetrics {
         )?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let process = ProcessMetrics {
-            cpu_seconds: Gauge::new(
+            cpu_seconds: Counter::new(
                 "process_cpu_seconds_total",
                 "User and system CPU time spent, in seconds.",
             )?,
@@ -252,7 +252,12 @@ impl ProcessMetrics {
         let Ok(me) = procfs::process::Process::myself() else { return };
         if let Ok(stat) = me.stat() {
             let ticks = procfs::ticks_per_second() as f64;
-            self.cpu_seconds.set((stat.utime + stat.stime) as f64 / ticks);
+            let total = (stat.utime + stat.stime) as f64 / ticks;
+            // A counter only goes up: add what was spent since the last scrape.
+            let delta = total - self.cpu_seconds.get();
+            if delta > 0.0 {
+                self.cpu_seconds.inc_by(delta);
+            }
             self.resident_memory.set(stat.rss.saturating_mul(procfs::page_size()) as i64);
             if let Ok(boot) = procfs::boot_time_secs() {
                 self.start_time.set(boot as f64 + stat.starttime as f64 / ticks);

@@ -186,20 +186,24 @@ struct Reconciler {
 
 impl Reconciler {
     fn apply(&mut self, snapshot: Snapshot) {
-        let errors: Vec<String> = snapshot.errors.iter().map(ToString::to_string).collect();
+        let origins: std::collections::BTreeMap<_, _> =
+            snapshot.objects.iter().map(|o| (o.key(), o.origin.clone())).collect();
+        let mut problems: Vec<String> = snapshot.errors.iter().map(ToString::to_string).collect();
         let infos = self.catalog.update(snapshot.objects, false);
-        let mut problems: BTreeSet<String> = errors.iter().cloned().collect();
         for info in &infos {
             if let Some(invalid) = &info.invalid {
-                problems.insert(format!("HealthCheck {} is invalid: {invalid}", info.key));
+                let origin = origins.get(&info.key).map(String::as_str).unwrap_or("?");
+                let running = if info.def.is_some() { "; the last valid spec keeps running" } else { "" };
+                problems.push(format!("{origin} (HealthCheck {}): {invalid}{running}", info.key));
             }
         }
-        for p in problems.difference(&self.reported) {
+        let now: BTreeSet<String> = problems.iter().cloned().collect();
+        for p in now.difference(&self.reported) {
             warn!("{p}");
         }
-        self.reported = problems;
-        self.metrics.config_errors.set(i64::try_from(errors.len()).unwrap_or(i64::MAX));
-        self.health.set("checks", errors);
+        self.reported = now;
+        self.metrics.config_errors.set(i64::try_from(problems.len()).unwrap_or(i64::MAX));
+        self.health.set("checks", problems);
         self.store.set_checks(infos);
         self.replan();
     }

@@ -412,6 +412,7 @@ impl Store {
         if let Some(c) = inner.checks.get_mut(&check.key) {
             c.counts[index(status)] += 1;
         }
+        refresh_block(&mut inner, &check.key);
         inner.dirty_instances.insert(instance_id.to_owned());
         inner.dirty_checks.insert(check.key.clone());
         self.update_status_metrics(&inner, instance_id);
@@ -442,6 +443,7 @@ impl Store {
             c.counts[i] = c.counts[i].saturating_sub(1);
             inner.dirty_checks.insert(check.clone());
         }
+        refresh_block(inner, check);
     }
 
     /// Records one probe of `check` on an instance and decides whether to act.
@@ -478,8 +480,11 @@ impl Store {
         if transition.is_some() {
             slot.metrics.impaired.set(f64::from(u8::from(status == CheckStatus::Impaired)));
         }
+        // Act on a full streak of failures only: after an action the streak starts over, so the
+        // target gets `failureThreshold` probes to show it recovered.
         let impaired_failure = status == CheckStatus::Impaired
             && matches!(report.outcome, Outcome::Unhealthy { .. })
+            && slot.state.consecutive_failures >= thresholds.failure
             && !slot.suspended;
         let reason = slot.state.reason.map(Reason::as_str).unwrap_or("unhealthy");
         let message = slot.state.message.clone().unwrap_or_default();
@@ -497,9 +502,9 @@ impl Store {
             self.update_status_metrics(&inner, instance_id);
         }
 
+        let blocked_change = refresh_block(&mut inner, &check.key);
         let mut action = None;
         let mut verdict = None;
-        let mut blocked_change = None;
         if let (Some(def), true) = (&check.action, impaired_failure) {
             let (unhealthy, total) = inner
                 .checks
@@ -509,14 +514,6 @@ impl Store {
             let refs: Vec<&ActionRecord> = history.iter().collect();
             let decision = remediation::mass_failure(def.max_unhealthy, unhealthy, total)
                 .unwrap_or_else(|| remediation::decide(&def.policy, &refs, now));
-            let mass = matches!(decision, Decision::MassFailure { .. }).then(|| decision.explain()).flatten();
-            if let Some(c) = inner.checks.get_mut(&check.key)
-                && c.blocked != mass
-            {
-                c.blocked = mass.clone();
-                blocked_change = Some(mass.clone().unwrap_or_else(|| "remediation allowed again".to_owned()));
-                inner.dirty_checks.insert(check.key.clone());
-            }
             if decision == Decision::Act {
                 action = Some(ActionRequest {
                     kind: def.kind,
@@ -529,15 +526,6 @@ impl Store {
                 });
             }
             verdict = Some(decision);
-        } else if transition.is_some_and(|t| t.from == CheckStatus::Impaired) {
-            // Recovered: a mass-failure block may have lifted.
-            if let Some(c) = inner.checks.get_mut(&check.key)
-                && c.blocked.is_some()
-                && c.counts[index(CheckStatus::Impaired)] == 0
-            {
-                c.blocked = None;
-                blocked_change = Some("remediation allowed again".to_owned());
-            }
         }
         if transition.is_some() {
             inner.dirty_checks.insert(check.key.clone());
@@ -913,6 +901,24 @@ impl Store {
     }
 }
 
+/// Recomputes whether a mass failure blocks the check's remediation; returns a message when
+/// that changed.
+fn refresh_block(inner: &mut Inner, key: &CheckKey) -> Option<String> {
+    let entry = inner.checks.get_mut(key)?;
+    let limit = entry.info.def.as_ref()?.action.as_ref()?.max_unhealthy;
+    let unhealthy = entry.counts[index(CheckStatus::Impaired)];
+    let blocked =
+        remediation::mass_failure(limit, unhealthy, entry.counts.iter().sum()).and_then(|d| d.explain());
+    if blocked == entry.blocked {
+        return None;
+    }
+    let change =
+        blocked.clone().unwrap_or_else(|| format!("{unhealthy} targets impaired: remediation allowed again"));
+    entry.blocked = blocked;
+    inner.dirty_checks.insert(key.clone());
+    Some(change)
+}
+
 fn move_count(inner: &mut Inner, key: &CheckKey, from: CheckStatus, to: CheckStatus) {
     if let Some(c) = inner.checks.get_mut(key) {
         c.counts[index(from)] = c.counts[index(from)].saturating_sub(1);
@@ -1026,5 +1032,192 @@ fn restore_state(r: &CheckResult) -> CheckState {
         message: r.message.clone(),
         last_outcome,
         ever_passed: r.status == CheckStatus::Ok || r.consecutive_successes > 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use prometheus::Registry;
+
+    use super::*;
+    use crate::api::HealthCheck;
+    use crate::model::validate;
+    use crate::probe::Reason;
+
+    #[derive(Debug)]
+    struct ManualClock(Mutex<Timestamp>);
+
+    impl ManualClock {
+        fn advance(&self, secs: i64) {
+            let mut t = self.0.lock().unwrap();
+            *t = t.checked_add(jiff::SignedDuration::from_secs(secs)).unwrap();
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> Timestamp {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    fn store() -> (Store, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock(Mutex::new(Timestamp::from_second(1_700_000_000).unwrap())));
+        let metrics = AgentMetrics::register(&Registry::new()).unwrap();
+        (Store::new("n1", "default", clock.clone(), metrics), clock)
+    }
+
+    fn def(action: &str) -> Arc<CheckDef> {
+        let yaml = format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata: {{name: web, namespace: default}}\nspec:\n  target: {{endpoints: {{addresses: ['10.0.0.1:80', '10.0.0.2:80', '10.0.0.3:80']}}}}\n  probe: {{tcp: {{}}, failureThreshold: 2}}\n{action}"
+        );
+        let hc: HealthCheck = serde_saphyr::from_str(&yaml).unwrap();
+        Arc::new(validate(&hc).unwrap())
+    }
+
+    fn setup(store: &Store, check: &Arc<CheckDef>) -> Vec<String> {
+        let instances: Vec<Instance> = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
+            .iter()
+            .map(|a| Instance::endpoint("n1", a))
+            .collect();
+        let ids = instances.iter().map(|i| i.id.clone()).collect();
+        store.set_checks(vec![CheckInfo {
+            key: check.key.clone(),
+            def: Some(check.clone()),
+            spec: check.spec.clone(),
+            generation: 1,
+            invalid: None,
+        }]);
+        store.sync_instances(instances.clone());
+        for i in &instances {
+            store.attach(check, &i.id, false);
+        }
+        ids
+    }
+
+    fn report(outcome: Outcome) -> Report {
+        Report { outcome, duration: Duration::from_millis(1), steps: Vec::new() }
+    }
+
+    fn fail() -> Report {
+        report(Outcome::unhealthy(Reason::Refused, "refused"))
+    }
+
+    const ACTION: &str =
+        "  action: {type: exec, exec: {command: ['true']}, maxUnhealthy: 1, backoff: {initialSeconds: 10}}\n";
+
+    #[test]
+    fn acts_once_impaired_and_then_backs_off() {
+        let (store, clock) = store();
+        let check = def(ACTION);
+        let ids = setup(&store, &check);
+        let first = store.record(&check, &ids[0], &fail());
+        assert!(first.action.is_none() && first.transition.is_none());
+        let second = store.record(&check, &ids[0], &fail());
+        assert_eq!(second.transition.map(|t| t.to), Some(CheckStatus::Impaired));
+        let request = second.action.expect("impaired: act");
+        assert_eq!(request.instance_id, ids[0]);
+        store.record_action(
+            &check.key,
+            &ids[0],
+            ActionRecord {
+                at: clock.now(),
+                check: check.key.clone(),
+                action: "exec".into(),
+                succeeded: true,
+                message: "ok".into(),
+            },
+        );
+        // The streak starts over; two more failures are needed, and the backoff applies.
+        assert!(store.record(&check, &ids[0], &fail()).decision.is_none());
+        clock.advance(5);
+        let r = store.record(&check, &ids[0], &fail());
+        assert!(matches!(r.decision, Some(Decision::Backoff { .. })), "{r:?}");
+        assert!(r.action.is_none());
+        clock.advance(5);
+        assert!(store.record(&check, &ids[0], &fail()).action.is_some(), "the backoff is over");
+    }
+
+    #[test]
+    fn unknown_outcomes_never_act() {
+        let (store, _) = store();
+        let check = def(ACTION);
+        let ids = setup(&store, &check);
+        for _ in 0..2 {
+            store.record(&check, &ids[0], &fail());
+        }
+        for _ in 0..10 {
+            let r = store.record(&check, &ids[0], &report(Outcome::unknown("no route to the runtime")));
+            assert!(r.action.is_none() && r.decision.is_none(), "{r:?}");
+        }
+        let doc = store.instance_doc(&ids[0]).unwrap();
+        assert_eq!(doc.status.unwrap().checks[0].status, CheckStatus::InsufficientData);
+    }
+
+    #[test]
+    fn a_mass_failure_blocks_every_action() {
+        let (store, _) = store();
+        let check = def(ACTION);
+        let ids = setup(&store, &check);
+        store.record(&check, &ids[0], &fail());
+        assert!(
+            store.record(&check, &ids[0], &fail()).action.is_some(),
+            "1 of 3 impaired is within maxUnhealthy 1"
+        );
+        store.record(&check, &ids[1], &fail());
+        let r = store.record(&check, &ids[1], &fail());
+        assert!(matches!(r.decision, Some(Decision::MassFailure { unhealthy: 2, total: 3, .. })), "{r:?}");
+        assert!(r.blocked.unwrap().contains("2 of 3 targets are impaired"));
+        let hc = store.check_docs().remove(0);
+        assert_eq!(hc.status.unwrap().remediation_allowed, Some(false));
+        // Recovery lifts the block.
+        let ok = report(Outcome::healthy("connected"));
+        let r = store.record(&check, &ids[1], &ok);
+        assert_eq!(r.transition.map(|t| t.to), Some(CheckStatus::Ok));
+        assert!(r.blocked.unwrap().contains("remediation allowed again"));
+        let hc = store.check_docs().remove(0);
+        assert_eq!(hc.status.unwrap().remediation_allowed, Some(true));
+    }
+
+    #[test]
+    fn rendered_state_restores_into_a_new_store() {
+        let (store, clock) = store();
+        let check = def(ACTION);
+        let ids = setup(&store, &check);
+        store.record(&check, &ids[2], &fail());
+        store.record(&check, &ids[2], &fail());
+        store.record_action(
+            &check.key,
+            &ids[2],
+            ActionRecord {
+                at: clock.now(),
+                check: check.key.clone(),
+                action: "exec".into(),
+                succeeded: false,
+                message: "x".into(),
+            },
+        );
+        let docs = store.instance_docs();
+        let before = store.instance_doc(&ids[2]).unwrap();
+
+        let (fresh, _) = self::store();
+        // Through YAML, as the state folder keeps them.
+        let docs: Vec<InstanceStatus> = docs
+            .iter()
+            .map(|d| serde_saphyr::from_str(&serde_saphyr::to_string(d).unwrap()).unwrap())
+            .collect();
+        fresh.restore(docs);
+        setup(&fresh, &check);
+        let after = fresh.instance_doc(&ids[2]).unwrap();
+        let (b, a) = (before.status.unwrap(), after.status.unwrap());
+        assert_eq!(a.checks[0].status, CheckStatus::Impaired);
+        assert_eq!(a.checks[0].impaired_since, b.checks[0].impaired_since);
+        assert_eq!(a.checks[0].last_transition_time, b.checks[0].last_transition_time);
+        assert_eq!(a.restarts, b.restarts);
+        assert_eq!(after.metadata.creation_timestamp, before.metadata.creation_timestamp);
+        let hc = fresh.check_docs().remove(0).status.unwrap();
+        assert_eq!((hc.targets, hc.unhealthy), (3, 1), "counts include restored statuses");
     }
 }

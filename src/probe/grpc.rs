@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tonic::Code;
@@ -18,6 +17,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use super::net::ResetOnClose;
 use super::tls::{Alpn, TlsConfigs, server_name};
 use super::{Outcome, PortRef, Reason, Target, Trace, effective_port, net};
 
@@ -51,7 +51,7 @@ pub(crate) async fn probe(
         Err(outcome) => return outcome,
     };
     let stream = match net::connect(&addrs, trace).await {
-        Ok(stream) => stream,
+        Ok(stream) => ResetOnClose(stream),
         Err(outcome) => return outcome,
     };
     let stream = if spec.tls {
@@ -141,8 +141,8 @@ pub(crate) async fn probe(
 
 /// A plain or TLS connection.
 enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Plain(ResetOnClose),
+    Tls(Box<TlsStream<ResetOnClose>>),
 }
 
 impl AsyncRead for Stream {

@@ -284,7 +284,7 @@ async fn exchange(
     trace: &mut Trace,
 ) -> Result<Response, Outcome> {
     let addrs = net::resolve(&url.host, url.port, target.policy, trace).await?;
-    let stream = net::connect(&addrs, trace).await?;
+    let stream = net::ResetOnClose(net::connect(&addrs, trace).await?);
     let request = build_request(url, spec, user_agent)?;
     let read_body = spec.body.is_some();
     if url.tls {

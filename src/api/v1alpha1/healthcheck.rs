@@ -18,6 +18,7 @@ use super::{CheckStatus, InstanceKind};
     group = "vigil.dev",
     version = "v1alpha1",
     kind = "HealthCheck",
+    doc = "What to check (pods, containers, VMs, the host or fixed endpoints), how (http, tcp, grpc, exec, docker, qmp), how often, and what to do when it fails.",
     namespaced,
     status = "HealthCheckStatus",
     shortname = "vhc",

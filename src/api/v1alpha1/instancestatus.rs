@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
     group = "vigil.dev",
     version = "v1alpha1",
     kind = "InstanceStatus",
+    doc = "The health of one monitored instance, read like EC2's DescribeInstanceStatus: its run state and its System, Instance and Attached-volume status checks.",
     namespaced,
     status = "InstanceStatusStatus",
     shortname = "ist",

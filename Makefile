@@ -1,0 +1,32 @@
+# The two commands that matter: `make run` (the standalone agent, no cluster needed) and
+# `make test`.
+CARGO ?= cargo
+export PATH := $(CURDIR)/target/tools/bin:$(PATH)
+
+.PHONY: run test test-deps bench crds lint fmt
+
+## run: the standalone agent on this machine, with examples/standalone (API on 127.0.0.1:9733)
+run:
+	$(CARGO) run --release -- agent --checks-dir examples/standalone --state-dir target/state
+
+## test: everything, after making sure the tools the tests use are here
+test: test-deps
+	$(CARGO) test --locked
+
+test-deps:
+	tests/fixtures/tools.sh
+
+## bench: probe throughput, CPU per probe, scheduler lateness and memory (not a test)
+bench:
+	$(CARGO) bench --locked --bench scale
+
+## crds: regenerate crds/ from the Rust types
+crds:
+	VIGIL_UPDATE_CRDS=1 $(CARGO) test --locked --test crds committed_crds_are_current
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt

@@ -1,0 +1,633 @@
+//! The standalone agent as a user runs it: the real binary, real folders, real targets on
+//! loopback. Tests wait on state through the HTTP API; none sleeps to let time pass.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::agent::{Agent, check_of, request, request_full};
+use support::servers::{self, HttpTarget};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+}
+
+fn healthcheck(name: &str, spec: &str) -> String {
+    format!("apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
+
+fn endpoint_http(name: &str, address: &str, extra: &str) -> String {
+    healthcheck(
+        name,
+        &format!(
+            "  target:\n    endpoints:\n      addresses: [\"{address}\"]\n  probe:\n    http:\n      path: /health\n    periodSeconds: 1\n{extra}"
+        ),
+    )
+}
+
+fn endpoint_id(address: &str) -> String {
+    format!("endpoint-{}", address.replace(':', "-"))
+}
+
+fn state_doc(agent: &Agent, id: &str) -> Value {
+    let text = std::fs::read_to_string(agent.state.join("instances").join(format!("{id}.yaml"))).unwrap();
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+fn healthchecks(agent: &Agent) -> Vec<Value> {
+    agent.json("/v1/healthchecks")["data"].as_array().unwrap().clone()
+}
+
+fn condition<'a>(hc: &'a Value, kind: &str) -> &'a Value {
+    hc["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == kind).unwrap()
+}
+
+#[test]
+fn impaired_after_the_failure_threshold_and_ok_after_the_success_threshold() {
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let address = target.address();
+    let id = endpoint_id(&address);
+    agent.write_check(
+        "web.yaml",
+        &endpoint_http("web", &address, "    failureThreshold: 3\n    successThreshold: 2\n"),
+    );
+    agent.wait_status(&id, "default/web", "ok", WAIT);
+
+    let before = target.requests();
+    target.set_status(500);
+    let inst = agent.wait_status(&id, "default/web", "impaired", WAIT);
+    let failures = target.requests() - before;
+    assert!(failures >= 3, "impaired after {failures} failed probes");
+    let check = check_of(&inst, "default/web").unwrap();
+    assert!(check["consecutiveFailures"].as_u64().unwrap() >= 3);
+    assert_eq!(check["reason"], "status");
+    assert!(check["impairedSince"].is_string());
+    assert_eq!(inst["status"]["instanceStatus"]["status"], "impaired");
+    assert_eq!(inst["status"]["instanceStatus"]["details"][0]["impairedSince"], check["impairedSince"]);
+    let hc = healthchecks(&agent).into_iter().find(|h| h["metadata"]["name"] == "web").unwrap();
+    assert_eq!(hc["status"]["unhealthy"], 1);
+    assert_eq!(condition(&hc, "Degraded")["status"], "True");
+
+    target.set_status(200);
+    let inst = agent.wait_status(&id, "default/web", "ok", WAIT);
+    let check = check_of(&inst, "default/web").unwrap();
+    assert!(check["consecutiveSuccesses"].as_u64().unwrap() >= 2);
+    assert!(check.get("impairedSince").is_none());
+
+    // The state folder follows status changes without waiting for the periodic refresh.
+    let deadline = Instant::now() + WAIT;
+    while state_doc(&agent, &id)["status"]["checks"][0]["status"] != "ok" {
+        assert!(Instant::now() < deadline, "the state file never caught up");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let metrics = agent.get("/metrics").1;
+    let series = format!(
+        "healthcheck=\"web\",instance_id=\"{id}\",namespace=\"default\",probe=\"http\",reason=\"status\"}}"
+    );
+    let failed: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("vigil_probe_failures_total") && l.contains(&series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no failure series {series} in\n{metrics}"));
+    assert!(failed >= 3.0);
+}
+
+#[test]
+fn a_target_that_does_not_answer_is_unhealthy_with_its_reason() {
+    let rt = runtime();
+    let port = rt.block_on(servers::closed_port());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let address = format!("127.0.0.1:{port}");
+    agent.write_check("gone.yaml", &endpoint_http("gone", &address, "    failureThreshold: 2\n"));
+    let inst = agent.wait_status(&endpoint_id(&address), "default/gone", "impaired", WAIT);
+    assert_eq!(check_of(&inst, "default/gone").unwrap()["reason"], "refused");
+}
+
+const MARKER_SCRIPT: &str = "echo \"$VIGIL_CHECK $VIGIL_INSTANCE_ID\" >> \"$0\"";
+
+fn exec_check(name: &str, command: &str, marker: &Path, action_extra: &str) -> String {
+    healthcheck(
+        name,
+        &format!(
+            "  target: {{host: {{}}}}\n  probe:\n    exec:\n      command: {command}\n    periodSeconds: 1\n    failureThreshold: 2\n  action:\n    type: exec\n    exec:\n      command: [\"sh\", \"-c\", {script:?}, {marker:?}]\n{action_extra}",
+            script = MARKER_SCRIPT,
+            marker = marker.display().to_string(),
+        ),
+    )
+}
+
+#[test]
+fn a_probe_that_cannot_run_is_insufficient_data_and_never_remediated() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let marker = dir.path().join("remediated");
+    agent.write_check("broken.yaml", &exec_check("broken", "[\"/nonexistent/check\"]", &marker, ""));
+    let id = "host-test-node";
+    agent.wait_status(id, "default/broken", "insufficient-data", WAIT);
+    let inst = agent.wait_for(&format!("/v1/instances/{id}"), "more probes that cannot run", WAIT, |d| {
+        check_of(&d["data"], "default/broken").is_some_and(|c| c["consecutiveErrors"].as_u64() >= Some(5))
+    });
+    let check = check_of(&inst["data"], "default/broken").unwrap();
+    assert!(check["message"].as_str().unwrap().contains("command not found"), "{check}");
+    assert_eq!(inst["data"]["status"]["restarts"]["count"], 0);
+    assert!(!marker.exists(), "an action ran on a probe that could not run");
+    let metrics = agent.get("/metrics").1;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("vigil_probe_errors_total") && l.contains("broken")),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn remediation_backs_off_and_stops_at_max_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let marker = dir.path().join("remediated");
+    let extra =
+        "    maxRestarts: 2\n    windowSeconds: 3600\n    backoff: {initialSeconds: 1, maxSeconds: 2}\n";
+    agent.write_check("failing.yaml", &exec_check("failing", "[\"false\"]", &marker, extra));
+    let id = "host-test-node";
+    agent.wait_for(&format!("/v1/instances/{id}"), "two actions", WAIT, |d| {
+        d["data"]["status"]["restarts"]["count"] == 2
+    });
+    // After the budget is spent, the check keeps failing and nothing more is done.
+    let inst =
+        agent.wait_for(&format!("/v1/instances/{id}"), "six failures after the last action", WAIT, |d| {
+            check_of(&d["data"], "default/failing")
+                .is_some_and(|c| c["consecutiveFailures"].as_u64() >= Some(6))
+        });
+    let restarts = &inst["data"]["status"]["restarts"];
+    assert_eq!(restarts["count"], 2);
+    let recent = restarts["recent"].as_array().unwrap();
+    assert_eq!(recent.len(), 2);
+    assert!(
+        recent.iter().all(|r| r["succeeded"] == true
+            && r["action"] == "exec"
+            && r["healthCheck"] == "default/failing")
+    );
+    let t0: jiff::Timestamp = recent[0]["time"].as_str().unwrap().parse().unwrap();
+    let t1: jiff::Timestamp = recent[1]["time"].as_str().unwrap().parse().unwrap();
+    assert!(t1.duration_since(t0) >= jiff::SignedDuration::from_secs(1), "no backoff between {t0} and {t1}");
+    let lines = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(lines.lines().collect::<Vec<_>>(), ["default/failing host-test-node"; 2]);
+}
+
+#[test]
+fn kill_9_keeps_counts_impaired_since_and_transitions() {
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(dir.path(), &[]);
+    let marker = dir.path().join("remediated");
+    let extra = "    maxRestarts: 5\n    backoff: {initialSeconds: 1, maxSeconds: 1}\n";
+    agent.write_check("failing.yaml", &exec_check("failing", "[\"false\"]", &marker, extra));
+    let address = target.address();
+    agent.write_check("web.yaml", &endpoint_http("web", &address, ""));
+    let host = "host-test-node";
+    agent.wait_status(&endpoint_id(&address), "default/web", "ok", WAIT);
+    // Wait until the file itself has two actions (what is persisted is what must survive).
+    let deadline = Instant::now() + WAIT;
+    let persisted = loop {
+        let doc = state_doc(&agent, host);
+        if doc["status"]["restarts"]["count"].as_u64() >= Some(2) {
+            break doc;
+        }
+        assert!(Instant::now() < deadline, "the state file never recorded two actions\n{}", agent.logs());
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let web_before = state_doc(&agent, &endpoint_id(&address));
+    agent.kill9();
+    agent.restart();
+
+    let inst = agent.instance(host);
+    let before = check_of(&persisted, "default/failing").unwrap();
+    let after = check_of(&inst, "default/failing").unwrap();
+    assert_eq!(after["status"], "impaired");
+    assert_eq!(after["impairedSince"], before["impairedSince"]);
+    assert_eq!(after["lastTransitionTime"], before["lastTransitionTime"]);
+    let count = inst["status"]["restarts"]["count"].as_u64().unwrap();
+    assert!(count >= persisted["status"]["restarts"]["count"].as_u64().unwrap());
+    let recent_before = persisted["status"]["restarts"]["recent"].as_array().unwrap();
+    let recent_after = inst["status"]["restarts"]["recent"].as_array().unwrap();
+    assert_eq!(&recent_after[..recent_before.len()], &recent_before[..]);
+    assert_eq!(inst["metadata"]["creationTimestamp"], persisted["metadata"]["creationTimestamp"]);
+    let web = agent.instance(&endpoint_id(&address));
+    let (b, a) = (check_of(&web_before, "default/web").unwrap(), check_of(&web, "default/web").unwrap());
+    assert_eq!(a["lastTransitionTime"], b["lastTransitionTime"]);
+    assert_eq!(a["status"], "ok");
+}
+
+#[test]
+fn state_files_are_never_half_written() {
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    // Flapping every probe: every probe is a transition, and every transition a write.
+    target.route("/health", servers::Behaviour { status: 500, ..Default::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(dir.path(), &[]);
+    let mut docs = String::new();
+    for i in 0..40 {
+        let flap = if i % 2 == 0 { "/health" } else { "/" };
+        docs.push_str(&healthcheck(
+            &format!("flap-{i}"),
+            &format!(
+                "  target:\n    endpoints:\n      addresses: [\"127.0.0.1:{}\", \"localhost:{}\"]\n  probe:\n    http: {{path: \"{flap}\"}}\n    periodSeconds: 1\n    failureThreshold: 1\n",
+                target.addr.port(),
+                target.addr.port()
+            ),
+        ));
+        docs.push_str("\n---\n");
+    }
+    agent.write_check("many.yaml", &docs);
+    agent.wait_for("/v1/health", "80 targets", WAIT, |d| d["checks"] == 80);
+    let mut rng = 7u64;
+    for round in 0..6 {
+        // Switch the failing half so that the next seconds are full of transitions.
+        target.route(
+            "/health",
+            servers::Behaviour { status: if round % 2 == 0 { 200 } else { 500 }, ..Default::default() },
+        );
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(300 + (rng >> 33) % 900));
+        agent.kill9();
+        let mut files = 0;
+        for sub in ["instances", "healthchecks"] {
+            for e in std::fs::read_dir(agent.state.join(sub)).unwrap().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue; // a temporary file the killed agent never renamed
+                }
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                let parsed: Result<Value, _> = serde_saphyr::from_str(&text);
+                let doc = parsed.unwrap_or_else(|e| panic!("round {round}: {name} is not YAML: {e}\n{text}"));
+                assert!(doc["status"].is_object(), "round {round}: {name} has no status:\n{text}");
+                files += 1;
+            }
+        }
+        assert!(files >= 41, "round {round}: only {files} files");
+        agent.restart();
+    }
+}
+
+#[test]
+fn bad_documents_are_reported_and_the_rest_keeps_running() {
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let address = target.address();
+    agent.write_check("good.yaml", &endpoint_http("good", &address, ""));
+    let bad = format!(
+        "{}\n---\n{}\n---\n{}\n",
+        endpoint_http("also-good", &address, ""),
+        endpoint_http("typed", &address, "    failureThreshold: three\n"),
+        endpoint_http("double", &address, "    tcp: {port: 1}\n"),
+    );
+    agent.write_check("bad.yaml", &bad);
+    let health = agent.wait_for("/v1/health", "degraded", WAIT, |d| d["status"] == "degraded");
+    let reasons: Vec<String> =
+        health["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains(
+            "bad.yaml: document 2 (HealthCheck default/typed): spec.probe.failureThreshold: invalid type"
+        )),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("bad.yaml document 3 (HealthCheck default/double): spec.probe: exactly one of http, tcp, grpc, exec, docker, qmp must be set; found http and tcp")),
+        "{reasons:#?}"
+    );
+    let id = endpoint_id(&address);
+    let inst = agent.wait_status(&id, "default/good", "ok", WAIT);
+    assert!(check_of(&inst, "default/also-good").is_some(), "the valid document of bad.yaml is not running");
+    let double = healthchecks(&agent).into_iter().find(|h| h["metadata"]["name"] == "double").unwrap();
+    assert_eq!(condition(&double, "Invalid")["status"], "True");
+    assert!(condition(&double, "Invalid")["message"].as_str().unwrap().contains("found http and tcp"));
+    assert_eq!(condition(&double, "Ready")["status"], "False");
+
+    // Fixed: healthy again.
+    agent.write_check("bad.yaml", &endpoint_http("also-good", &address, ""));
+    agent.wait_for("/v1/health", "healthy", WAIT, |d| d["status"] == "healthy");
+}
+
+#[test]
+fn a_reload_changes_only_what_changed() {
+    let rt = runtime();
+    let (one, two) = rt.block_on(async { (HttpTarget::start().await, HttpTarget::start().await) });
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let (a1, a2) = (one.address(), two.address());
+    agent.write_check("a.yaml", &endpoint_http("a", &a1, ""));
+    agent.write_check("b.yaml", &endpoint_http("b", &a2, ""));
+    agent.wait_status(&endpoint_id(&a2), "default/b", "ok", WAIT);
+    let before =
+        agent.wait_for(&format!("/v1/instances/{}", endpoint_id(&a1)), "a few passes of a", WAIT, |d| {
+            check_of(&d["data"], "default/a").is_some_and(|c| c["consecutiveSuccesses"].as_u64() >= Some(3))
+        });
+    let a_before = check_of(&before["data"], "default/a").unwrap().clone();
+
+    agent.write_check("b.yaml", &endpoint_http("b", &a2, "    timeoutSeconds: 2\n"));
+    agent.wait_for("/v1/healthchecks", "b at generation 2", WAIT, |d| {
+        d["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["metadata"]["name"] == "b" && h["status"]["observedGeneration"] == 2)
+    });
+    let a_after = agent.instance(&endpoint_id(&a1));
+    let a_after = check_of(&a_after, "default/a").unwrap();
+    assert_eq!(a_after["lastTransitionTime"], a_before["lastTransitionTime"]);
+    assert!(
+        a_after["consecutiveSuccesses"].as_u64() >= a_before["consecutiveSuccesses"].as_u64(),
+        "a was reset by a change to b: {a_before} then {a_after}"
+    );
+    let a_hc = healthchecks(&agent).into_iter().find(|h| h["metadata"]["name"] == "a").unwrap();
+    assert_eq!(a_hc["metadata"]["generation"], 1);
+
+    // Removed: its instance, state file and metric series go.
+    agent.remove_check("b.yaml");
+    let b_id = endpoint_id(&a2);
+    agent.wait_for("/v1/instances", "b's endpoint to go", WAIT, |d| {
+        !d["data"].as_array().unwrap().iter().any(|i| i["metadata"]["name"] == b_id.as_str())
+    });
+    let file = agent.state.join("instances").join(format!("{b_id}.yaml"));
+    let deadline = Instant::now() + WAIT;
+    while file.exists() || agent.get("/metrics").1.contains("healthcheck=\"b\"") {
+        assert!(Instant::now() < deadline, "b's state file or metric series remained");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(!agent.state.join("healthchecks").join("default_b.yaml").exists());
+}
+
+#[test]
+fn an_invalid_edit_keeps_the_last_valid_spec_running() {
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let address = target.address();
+    agent.write_check("a.yaml", &endpoint_http("a", &address, ""));
+    let id = endpoint_id(&address);
+    agent.wait_status(&id, "default/a", "ok", WAIT);
+    agent.write_check("a.yaml", &endpoint_http("a", &address, "    successThreshold: 0\n"));
+    let hcs = agent.wait_for("/v1/healthchecks", "a invalid", WAIT, |d| {
+        d["data"][0]["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Invalid" && c["status"] == "True"))
+    });
+    let invalid = condition(&hcs["data"][0], "Invalid");
+    let message = invalid["message"].as_str().unwrap();
+    assert!(message.contains("spec.probe.successThreshold: 0 is below the minimum of 1"), "{message}");
+    assert!(message.contains("still running the last valid spec (generation 1)"), "{message}");
+    let before =
+        check_of(&agent.instance(&id), "default/a").unwrap()["consecutiveSuccesses"].as_u64().unwrap();
+    agent.wait_for(&format!("/v1/instances/{id}"), "a to keep probing", WAIT, |d| {
+        check_of(&d["data"], "default/a").is_some_and(|c| c["consecutiveSuccesses"].as_u64() > Some(before))
+    });
+}
+
+#[test]
+fn the_http_api_keeps_its_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let (status, head, _) = request_full(agent.addr, "POST", "/v1/health", &[]).unwrap();
+    assert_eq!(status, 405);
+    assert!(head.to_ascii_lowercase().contains("allow: get,head"), "{head}");
+    let (status, body) = request(agent.addr, "DELETE", "/v1/instances/x", &[]).unwrap();
+    assert_eq!(status, 405, "{body}");
+    let (status, body) = agent.get("/v1/nothing");
+    assert_eq!(status, 404);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], 404);
+    let (status, body) = agent.get("/v1/instances/no-such");
+    assert_eq!(status, 404);
+    assert!(body.contains("no instance"), "{body}");
+    let (status, head, body) = request_full(agent.addr, "HEAD", "/v1/health", &[]).unwrap();
+    assert_eq!(status, 200, "{head}");
+    assert!(body.is_empty());
+    let huge = "x".repeat(20 * 1024);
+    let (status, _) = request(agent.addr, "GET", "/v1/health", &[("X-Padding", &huge)]).unwrap();
+    assert_eq!(status, 431);
+    assert_eq!(agent.get("/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(agent.get("/readyz"), (200, "ready\n".to_owned()));
+    let config = agent.json("/v1/host/config");
+    assert_eq!(config["data"]["checksDir"], agent.checks.display().to_string());
+    assert_eq!(config["data"]["nodeName"], "test-node");
+
+    let health = agent.json("/v1/health");
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+}
+
+fn meminfo_mb(field: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+#[test]
+fn host_status_matches_proc() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let avail_before = meminfo_mb("MemAvailable:");
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap();
+    let data = agent.json("/v1/host/status")["data"].clone();
+    let avail_after = meminfo_mb("MemAvailable:");
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap();
+    let uptime: f64 =
+        std::fs::read_to_string("/proc/uptime").unwrap().split_whitespace().next().unwrap().parse().unwrap();
+
+    assert_eq!(data["total_memory_mb"].as_u64().unwrap(), meminfo_mb("MemTotal:"));
+    let avail = data["available_memory_mb"].as_u64().unwrap();
+    let (lo, hi) = (avail_before.min(avail_after), avail_before.max(avail_after));
+    assert!(avail + 16 >= lo && avail <= hi + 16, "available {avail} MiB, /proc said {lo}..{hi}");
+    let served_uptime = data["uptime_seconds"].as_f64().unwrap();
+    assert!((uptime - served_uptime).abs() < 1.0, "uptime {served_uptime} vs /proc {uptime}");
+    let load: Vec<f64> =
+        data["load_average"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let parse = |s: &str| -> Vec<f64> { s.split_whitespace().take(3).map(|v| v.parse().unwrap()).collect() };
+    assert!(
+        load == parse(&load_before) || load == parse(&load_after),
+        "load {load:?} vs {load_before} / {load_after}"
+    );
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(data["hostname"], hostname.trim());
+    assert!(data["total_cpus"].as_u64().unwrap() >= 1);
+    for key in
+        ["used_cpus", "used_memory_mb", "running_vms", "total_vms", "running_containers", "total_containers"]
+    {
+        assert!(data.get(key).is_some(), "{key} missing from {data}");
+    }
+    assert_eq!(data["total_instances"], 1, "the host itself");
+}
+
+#[test]
+fn metrics_pass_promtool_and_series_leave_with_their_check() {
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let address = target.address();
+    agent.write_check("web.yaml", &endpoint_http("web", &address, ""));
+    agent.wait_status(&endpoint_id(&address), "default/web", "ok", WAIT);
+    let text = agent.get("/metrics").1;
+    for name in [
+        "vigil_probe_up{",
+        "vigil_check_impaired{",
+        "vigil_probe_duration_seconds_bucket{",
+        "vigil_status_check_failed{",
+        "vigil_status_check_failed_system{",
+        "vigil_status_check_failed_instance{",
+        "vigil_status_check_failed_attached_volume{",
+        "vigil_scheduler_lateness_seconds_bucket{",
+        "vigil_managed_checks ",
+        "vigil_build_info{",
+        "process_resident_memory_bytes ",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin/promtool");
+    let promtool = if local.exists() { local.display().to_string() } else { "promtool".to_owned() };
+    let promtool = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool is needed (Debian's prometheus package; `make test` installs it): {e}")
+        });
+    let mut promtool = promtool;
+    use std::io::Write;
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    agent.remove_check("web.yaml");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = agent.get("/metrics").1;
+        if !text.contains("healthcheck=\"web\"")
+            && !text.contains(&format!("instance_id=\"{}\"", endpoint_id(&address)))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "series of the removed check remain:\n{text}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn the_standalone_examples_run_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/standalone");
+    for e in std::fs::read_dir(examples).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap().replace("9733", &agent.addr.port().to_string());
+        agent.write_check(&e.file_name().to_string_lossy(), &text);
+    }
+    let doc = agent.wait_for("/v1/instances", "every example check ok", WAIT, |d| {
+        let checks: Vec<Value> = d["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|i| i["status"]["checks"].as_array().cloned().unwrap_or_default())
+            .collect();
+        checks.len() == 3 && checks.iter().all(|c| c["status"] == "ok")
+    });
+    assert_eq!(doc["data"].as_array().unwrap().len(), 2, "the host and one endpoint");
+    assert_eq!(agent.json("/v1/health")["status"], "healthy");
+}
+
+#[test]
+fn sigterm_writes_the_last_state_and_exits_zero() {
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(dir.path(), &[]);
+    let address = target.address();
+    agent.write_check("web.yaml", &endpoint_http("web", &address, ""));
+    let id = endpoint_id(&address);
+    let live = agent.wait_for(&format!("/v1/instances/{id}"), "three passes", WAIT, |d| {
+        check_of(&d["data"], "default/web").is_some_and(|c| c["consecutiveSuccesses"].as_u64() >= Some(3))
+    });
+    let seen = check_of(&live["data"], "default/web").unwrap()["consecutiveSuccesses"].as_u64().unwrap();
+    assert_eq!(agent.stop(), Some(0), "{}", agent.logs());
+    let doc = state_doc(&agent, &id);
+    let written = check_of(&doc, "default/web").unwrap()["consecutiveSuccesses"].as_u64().unwrap();
+    assert!(written >= seen, "the last counters were not written: {written} < {seen}");
+}
+
+fn vigil(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn vigil_check_exit_codes() {
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    let url = format!("http://{}/health", target.address());
+    let (code, out, _) = vigil(&["check", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("healthy"), "{out}");
+    let (code, out, _) = vigil(&["check", "--verbose", &url]);
+    assert_eq!(code, 0);
+    for step in ["resolve", "connect", "first-byte"] {
+        assert!(out.lines().any(|l| l.trim_start().starts_with(step)), "no {step} step in\n{out}");
+    }
+    target.set_status(500);
+    let (code, out, _) = vigil(&["check", &url]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("unhealthy (status)"), "{out}");
+    let port = rt.block_on(servers::closed_port());
+    let (code, out, _) = vigil(&["check", &format!("tcp://127.0.0.1:{port}")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refused"), "{out}");
+    let (code, out, _) = vigil(&["check", "exec:/nonexistent/thing"]);
+    assert_eq!(code, 2, "{out}");
+    let (code, _, err) = vigil(&["check", "gopher://x:70"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown scheme"), "{err}");
+
+    target.set_status(200);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.yaml");
+    std::fs::write(&file, endpoint_http("web", &target.address(), "")).unwrap();
+    let (code, out, err) = vigil(&["check", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("default/web"), "{out}");
+    let invalid = healthcheck(
+        "web",
+        &format!(
+            "  target:\n    endpoints:\n      addresses: [\"{}\"]\n  probe:\n    tcp: {{}}\n    periodSeconds: 0\n",
+            target.address()
+        ),
+    );
+    std::fs::write(&file, invalid).unwrap();
+    let (code, _, err) = vigil(&["check", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("spec.probe.periodSeconds"), "{err}");
+}

@@ -1,0 +1,258 @@
+//! The real `vigil` binary run as a standalone agent, and a small HTTP client to talk to it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running agent with its own folders.
+pub struct Agent {
+    child: Option<Child>,
+    /// Its HTTP address.
+    pub addr: SocketAddr,
+    /// Folder of HealthCheck files.
+    pub checks: PathBuf,
+    /// State folder.
+    pub state: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+    extra: Vec<String>,
+}
+
+/// A free port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Agent {
+    /// Starts an agent on folders under `dir` (created when missing).
+    pub fn start(dir: &Path, extra: &[&str]) -> Agent {
+        let checks = dir.join("checks");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&checks).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut agent = Agent {
+            child: None,
+            addr,
+            checks,
+            state,
+            log: dir.join("agent.log"),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["agent", "--node-name", "test-node", "--host-interval", "1s", "--rescan-interval", "2s"])
+            .arg("--checks-dir")
+            .arg(&self.checks)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .args(&self.extra)
+            .env("RUST_LOG", "info,vigil=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = self.try_get("/readyz") {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("the agent exited with {status}:\n{}", self.logs());
+                }
+            }
+            assert!(Instant::now() < deadline, "the agent did not become ready:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the agent with SIGKILL (no chance to write anything more).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Stops the agent with SIGTERM and waits for it; returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "the agent did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the agent again on the same folders and port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the agent first");
+        self.spawn();
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Writes a file in the checks folder (atomically, as an editor or a ConfigMap would).
+    pub fn write_check(&self, name: &str, yaml: &str) {
+        let tmp = self.checks.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(tmp, self.checks.join(name)).unwrap();
+    }
+
+    /// Removes a file from the checks folder.
+    pub fn remove_check(&self, name: &str) {
+        std::fs::remove_file(self.checks.join(name)).unwrap();
+    }
+
+    /// GET, returning status and body.
+    pub fn try_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        request(self.addr, "GET", path, &[])
+    }
+
+    /// GET, panicking on connection errors.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path).unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.logs()))
+    }
+
+    /// GET of a JSON document.
+    pub fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// Polls `path` until `done` says yes; returns that document.
+    pub fn wait_for(
+        &self,
+        path: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Not there yet (a 404 while a reload is under way) counts as not done.
+            let (status, body) = self.get(path);
+            let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if status == 200 && done(&doc) {
+                return doc;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last {path} ({status}):\n{}\nlog:\n{}",
+                serde_json::to_string_pretty(&doc).unwrap_or(body),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The live view of one instance.
+    pub fn instance(&self, id: &str) -> Value {
+        self.json(&format!("/v1/instances/{id}"))["data"].clone()
+    }
+
+    /// Waits until the check `check` on instance `id` has `status`; returns the instance.
+    pub fn wait_status(&self, id: &str, check: &str, status: &str, timeout: Duration) -> Value {
+        let doc = self.wait_for(
+            &format!("/v1/instances/{id}"),
+            &format!("{check} on {id} to be {status}"),
+            timeout,
+            |d| check_of(&d["data"], check).is_some_and(|c| c["status"] == status),
+        );
+        doc["data"].clone()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The entry of `check` in an InstanceStatus.
+pub fn check_of<'a>(instance: &'a Value, check: &str) -> Option<&'a Value> {
+    instance["status"]["checks"].as_array()?.iter().find(|c| c["healthCheck"] == check)
+}
+
+/// A minimal HTTP/1.1 request; returns status and body.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = request_full(addr, method, path, headers)?;
+    Ok((status, body))
+}
+
+/// A minimal HTTP/1.1 request; returns status, raw head and body.
+pub fn request_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    Ok((status, head.to_owned(), body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

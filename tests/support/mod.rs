@@ -1,0 +1,7 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code)]
+
+pub mod agent;
+pub mod schema;
+pub mod servers;
