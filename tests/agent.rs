@@ -1,6 +1,8 @@
 //! The standalone agent as a user runs it: the real binary, real folders, real targets on
 //! loopback. Tests wait on state through the HTTP API; none sleeps to let time pass.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! The CRDs under `crds/` are generated from the Rust types and must be current; the examples
 //! must pass the generated schema (structural rules and CEL) and the agent's own validation.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
 //! Probers against real servers on loopback, and real processes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::{Duration, Instant};

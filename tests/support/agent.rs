@@ -73,10 +73,10 @@ impl Agent {
             if let Ok((200, _)) = self.try_get("/readyz") {
                 return;
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("the agent exited with {status}:\n{}", self.logs());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("the agent exited with {status}:\n{}", self.logs());
             }
             assert!(Instant::now() < deadline, "the agent did not become ready:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(20));

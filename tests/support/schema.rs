@@ -107,15 +107,15 @@ fn walk(schema: &Value, value: &mut Value, path: &str, v: &mut Verdict, root: bo
             return;
         }
     }
-    if let Some(options) = schema.get("enum").and_then(Value::as_array) {
-        if !options.contains(value) {
-            let list: Vec<String> = options.iter().map(shown).collect();
-            v.errors.push(format!(
-                "{path}: Unsupported value: {}: supported values: {}",
-                shown(value),
-                list.join(", ")
-            ));
-        }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(value)
+    {
+        let list: Vec<String> = options.iter().map(shown).collect();
+        v.errors.push(format!(
+            "{path}: Unsupported value: {}: supported values: {}",
+            shown(value),
+            list.join(", ")
+        ));
     }
     match value {
         Value::Number(n) => {
@@ -139,17 +139,17 @@ fn walk(schema: &Value, value: &mut Value, path: &str, v: &mut Verdict, root: bo
         }
         Value::String(s) => {
             let len = s.chars().count() as u64;
-            if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
-                if len < min {
-                    v.errors.push(format!(
-                        "{path}: Invalid value: {s:?}: {path} in body should be at least {min} chars long"
-                    ));
-                }
+            if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+                && len < min
+            {
+                v.errors.push(format!(
+                    "{path}: Invalid value: {s:?}: {path} in body should be at least {min} chars long"
+                ));
             }
-            if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
-                if len > max {
-                    v.errors.push(format!("{path}: Too long: may not be more than {max} bytes"));
-                }
+            if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+                && len > max
+            {
+                v.errors.push(format!("{path}: Too long: may not be more than {max} bytes"));
             }
             if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
                 match regex::Regex::new(pattern) {
@@ -163,17 +163,17 @@ fn walk(schema: &Value, value: &mut Value, path: &str, v: &mut Verdict, root: bo
         }
         Value::Array(items) => {
             let len = items.len() as u64;
-            if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
-                if len < min {
-                    v.errors.push(format!(
-                        "{path}: Invalid value: {len}: {path} in body should have at least {min} items"
-                    ));
-                }
+            if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+                && len < min
+            {
+                v.errors.push(format!(
+                    "{path}: Invalid value: {len}: {path} in body should have at least {min} items"
+                ));
             }
-            if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
-                if len > max {
-                    v.errors.push(format!("{path}: Too many: {len}: must have at most {max} items"));
-                }
+            if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+                && len > max
+            {
+                v.errors.push(format!("{path}: Too many: {len}: must have at most {max} items"));
             }
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter_mut().enumerate() {
@@ -194,10 +194,10 @@ fn object(schema: &Value, map: &mut Map<String, Value>, path: &str, v: &mut Verd
     // Defaults first, as the server does (defaulting runs before validation).
     if let Some(props) = properties {
         for (key, prop) in props {
-            if !map.contains_key(key) {
-                if let Some(default) = prop.get("default") {
-                    map.insert(key.clone(), default.clone());
-                }
+            if !map.contains_key(key)
+                && let Some(default) = prop.get("default")
+            {
+                map.insert(key.clone(), default.clone());
             }
         }
     }
