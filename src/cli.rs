@@ -81,6 +81,10 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 8)]
     pub max_concurrent_exec: usize,
 
+    /// Threads running probes. Default: one per CPU, at most 4.
+    #[arg(long)]
+    pub probe_threads: Option<usize>,
+
     /// How often host memory, disk and filesystems are assessed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub host_interval: Duration,

@@ -1,56 +1,44 @@
 //! Prometheus metrics, registered in an explicit registry passed in (never the global default).
 //!
-//! Label sets are bounded by configuration: per check target (`namespace`, `healthcheck`,
-//! `instance_id`, `probe`), per instance (`instance_id`, `instance_kind`) and per failure reason
-//! (a fixed set). Series of removed checks and instances are deleted. The target's label is
-//! `instance_id`, because Prometheus reserves `instance` for the scrape target.
+//! Two kinds:
+//! - the agent's own figures ([`AgentMetrics`]): plain counters, gauges and histograms;
+//! - per target, per instance and per HealthCheck figures, generated at scrape time from the
+//!   agent's live view by a [`Collector`] ([`ViewCollector`]). Nothing is kept per series
+//!   between scrapes, so a removed check or instance leaves no series behind, and ten thousand
+//!   targets cost a few hundred bytes each rather than a metric object per series.
+//!
+//! Label sets are bounded by configuration: per target (`namespace`, `healthcheck`,
+//! `instance_id`, `probe`), per instance (`instance_id`, `instance_kind`), per failure reason (a
+//! fixed set). The target's label is `instance_id`, because Prometheus reserves `instance` for the
+//! scrape target. Probe durations are a histogram per HealthCheck (aggregated over its targets)
+//! and a gauge per target: a histogram per target would be 17 series each.
 
+use std::sync::Arc;
+
+use prometheus::proto::MetricType;
 use prometheus::{
-    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
-/// Labels of a check target.
-pub const TARGET_LABELS: &[&str] = &["namespace", "healthcheck", "instance_id", "probe"];
-/// Labels of an instance.
-pub const INSTANCE_LABELS: &[&str] = &["instance_id", "instance_kind"];
-
-const DURATION_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Upper bounds of the probe duration histogram, seconds.
+pub const DURATION_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const LATENESS_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
-/// The agent's metrics.
+/// The agent's own metrics.
 #[derive(Clone, Debug)]
 pub struct AgentMetrics {
-    /// 1 when the last probe of a target passed, 0 when it failed (unchanged when it could not
-    /// run).
-    pub probe_up: GaugeVec,
-    /// 1 while a target's check is `impaired` (after the thresholds), else 0.
-    pub check_impaired: GaugeVec,
-    /// Probe durations.
-    pub probe_duration: HistogramVec,
-    /// Failed probes by reason.
-    pub probe_failures: IntCounterVec,
-    /// Probes that could not run.
-    pub probe_errors: IntCounterVec,
-    /// Remediation actions by result.
-    pub restarts: IntCounterVec,
-    /// 1 when any status check of the instance is impaired (CloudWatch `StatusCheckFailed`).
-    pub status_check_failed: IntGaugeVec,
-    /// 1 when the System status check is impaired.
-    pub status_check_failed_system: IntGaugeVec,
-    /// 1 when the Instance status check is impaired.
-    pub status_check_failed_instance: IntGaugeVec,
-    /// 1 when the Attached-volume status check is impaired.
-    pub status_check_failed_attached_volume: IntGaugeVec,
+    /// Probes run, by probe kind and outcome (`healthy`, `unhealthy`, `unknown`).
+    pub probes: IntCounterVec,
     /// How late probes start against their schedule.
     pub scheduler_lateness: Histogram,
     /// (check, instance) pairs being probed.
     pub managed_checks: IntGauge,
     /// HealthChecks known, by state (`valid`, `invalid`).
     pub healthchecks: IntGaugeVec,
-    /// Problems in the configuration (files or documents that could not be loaded).
+    /// Configuration problems.
     pub config_errors: IntGauge,
     /// Status writes (state folder or API server) by kind and result.
     pub status_writes: IntCounterVec,
@@ -64,65 +52,15 @@ pub struct ProcessMetrics {
     cpu_seconds: Counter,
     resident_memory: IntGauge,
     open_fds: IntGauge,
-    start_time: Gauge,
+    start_time: prometheus::Gauge,
 }
 
 impl AgentMetrics {
-    /// Creates and registers the agent's metrics.
+    /// Creates and registers the agent's own metrics.
     pub fn register(registry: &Registry) -> Result<AgentMetrics, prometheus::Error> {
-        let probe_up = GaugeVec::new(
-            Opts::new("vigil_probe_up", "1 when the last probe of the target passed, 0 when it failed."),
-            TARGET_LABELS,
-        )?;
-        let check_impaired = GaugeVec::new(
-            Opts::new(
-                "vigil_check_impaired",
-                "1 while the check is impaired on the target (failureThreshold failures in a row), else 0.",
-            ),
-            TARGET_LABELS,
-        )?;
-        let probe_duration = HistogramVec::new(
-            HistogramOpts::new("vigil_probe_duration_seconds", "Duration of probes.")
-                .buckets(DURATION_BUCKETS.to_vec()),
-            TARGET_LABELS,
-        )?;
-        let mut failure_labels = TARGET_LABELS.to_vec();
-        failure_labels.push("reason");
-        let probe_failures = IntCounterVec::new(
-            Opts::new(
-                "vigil_probe_failures_total",
-                "Failed probes, by reason (timeout, refused, dns, tls, status, ...).",
-            ),
-            &failure_labels,
-        )?;
-        let probe_errors = IntCounterVec::new(
-            Opts::new(
-                "vigil_probe_errors_total",
-                "Probes that could not run (they count as insufficient data, never as failures).",
-            ),
-            TARGET_LABELS,
-        )?;
-        let restarts = IntCounterVec::new(
-            Opts::new(
-                "vigil_restarts_total",
-                "Remediation actions taken, by action and result (success, failure).",
-            ),
-            &["namespace", "healthcheck", "instance_id", "action", "result"],
-        )?;
-        let scf = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), INSTANCE_LABELS);
-        let status_check_failed =
-            scf("vigil_status_check_failed", "1 when any status check of the instance is impaired.")?;
-        let status_check_failed_system = scf(
-            "vigil_status_check_failed_system",
-            "1 when the System status check of the instance is impaired.",
-        )?;
-        let status_check_failed_instance = scf(
-            "vigil_status_check_failed_instance",
-            "1 when the Instance status check of the instance is impaired.",
-        )?;
-        let status_check_failed_attached_volume = scf(
-            "vigil_status_check_failed_attached_volume",
-            "1 when the Attached-volume status check of the instance is impaired.",
+        let probes = IntCounterVec::new(
+            Opts::new("vigil_probes_total", "Probes run by this agent, by probe kind and outcome."),
+            &["probe", "outcome"],
         )?;
         let scheduler_lateness = Histogram::with_opts(
             HistogramOpts::new(
@@ -163,22 +101,12 @@ impl AgentMetrics {
                 "Resident memory size in bytes.",
             )?,
             open_fds: IntGauge::new("process_open_fds", "Open file descriptors.")?,
-            start_time: Gauge::new(
+            start_time: prometheus::Gauge::new(
                 "process_start_time_seconds",
                 "Start time of the process since the Unix epoch, in seconds.",
             )?,
         };
-
-        registry.register(Box::new(probe_up.clone()))?;
-        registry.register(Box::new(check_impaired.clone()))?;
-        registry.register(Box::new(probe_duration.clone()))?;
-        registry.register(Box::new(probe_failures.clone()))?;
-        registry.register(Box::new(probe_errors.clone()))?;
-        registry.register(Box::new(restarts.clone()))?;
-        registry.register(Box::new(status_check_failed.clone()))?;
-        registry.register(Box::new(status_check_failed_system.clone()))?;
-        registry.register(Box::new(status_check_failed_instance.clone()))?;
-        registry.register(Box::new(status_check_failed_attached_volume.clone()))?;
+        registry.register(Box::new(probes.clone()))?;
         registry.register(Box::new(scheduler_lateness.clone()))?;
         registry.register(Box::new(managed_checks.clone()))?;
         registry.register(Box::new(healthchecks.clone()))?;
@@ -189,18 +117,8 @@ impl AgentMetrics {
         registry.register(Box::new(process.resident_memory.clone()))?;
         registry.register(Box::new(process.open_fds.clone()))?;
         registry.register(Box::new(process.start_time.clone()))?;
-
         Ok(AgentMetrics {
-            probe_up,
-            check_impaired,
-            probe_duration,
-            probe_failures,
-            probe_errors,
-            restarts,
-            status_check_failed,
-            status_check_failed_system,
-            status_check_failed_instance,
-            status_check_failed_attached_volume,
+            probes,
             scheduler_lateness,
             managed_checks,
             healthchecks,
@@ -208,41 +126,6 @@ impl AgentMetrics {
             status_writes,
             process,
         })
-    }
-
-    /// Deletes every series of one check target.
-    pub fn remove_target(&self, labels: &[&str; 4]) {
-        // A series that was never written is not there to delete; that is fine.
-        let _ = self.probe_up.remove_label_values(labels);
-        let _ = self.check_impaired.remove_label_values(labels);
-        let _ = self.probe_duration.remove_label_values(labels);
-        let _ = self.probe_errors.remove_label_values(labels);
-        for reason in crate::probe::ALL_REASONS {
-            let mut with_reason = labels.to_vec();
-            with_reason.push(reason.as_str());
-            let _ = self.probe_failures.remove_label_values(&with_reason);
-        }
-        for action in ["exec", "restartContainer", "restartVM", "evictPod"] {
-            for result in ["success", "failure"] {
-                let _ = self.restarts.remove_label_values(&[labels[0], labels[1], labels[2], action, result]);
-            }
-        }
-    }
-
-    /// Sets the four StatusCheckFailed gauges of an instance.
-    pub fn set_status_checks(&self, labels: &[&str; 2], system: bool, instance: bool, volumes: bool) {
-        self.status_check_failed_system.with_label_values(labels).set(i64::from(system));
-        self.status_check_failed_instance.with_label_values(labels).set(i64::from(instance));
-        self.status_check_failed_attached_volume.with_label_values(labels).set(i64::from(volumes));
-        self.status_check_failed.with_label_values(labels).set(i64::from(system || instance || volumes));
-    }
-
-    /// Deletes every series of one instance.
-    pub fn remove_instance(&self, labels: &[&str; 2]) {
-        let _ = self.status_check_failed.remove_label_values(labels);
-        let _ = self.status_check_failed_system.remove_label_values(labels);
-        let _ = self.status_check_failed_instance.remove_label_values(labels);
-        let _ = self.status_check_failed_attached_volume.remove_label_values(labels);
     }
 }
 
@@ -258,20 +141,450 @@ impl ProcessMetrics {
             if delta > 0.0 {
                 self.cpu_seconds.inc_by(delta);
             }
-            self.resident_memory.set(stat.rss.saturating_mul(procfs::page_size()) as i64);
+            self.resident_memory
+                .set(i64::try_from(stat.rss.saturating_mul(procfs::page_size())).unwrap_or(i64::MAX));
             if let Ok(boot) = procfs::boot_time_secs() {
                 self.start_time.set(boot as f64 + stat.starttime as f64 / ticks);
             }
         }
         if let Ok(n) = me.fd_count() {
-            self.open_fds.set(n as i64);
+            self.open_fds.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// A compact histogram with the bounds of [`DURATION_BUCKETS`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DurationHistogram {
+    /// Count per bucket (not cumulative); the last one is `+Inf`.
+    pub buckets: [u64; DURATION_BUCKETS.len() + 1],
+    /// Sum of the observations.
+    pub sum: f64,
+}
+
+impl DurationHistogram {
+    /// Adds one observation.
+    pub fn observe(&mut self, seconds: f64) {
+        let i = DURATION_BUCKETS.iter().position(|le| seconds <= *le).unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum += seconds;
+    }
+}
+
+/// One check target, as scraped.
+#[derive(Clone, Debug)]
+pub struct TargetSample {
+    /// HealthCheck namespace.
+    pub namespace: Arc<str>,
+    /// HealthCheck name.
+    pub healthcheck: Arc<str>,
+    /// Instance id.
+    pub instance_id: Arc<str>,
+    /// Probe kind.
+    pub probe: &'static str,
+    /// Whether the last probe passed; `None` before any definite answer.
+    pub up: Option<bool>,
+    /// Whether the check is impaired.
+    pub impaired: bool,
+    /// Duration of the last probe, seconds.
+    pub last_duration: Option<f64>,
+    /// Probes that could not run.
+    pub errors: u64,
+    /// Failed probes by reason.
+    pub failures: Vec<(&'static str, u64)>,
+    /// Actions taken by result: (action, succeeded, count).
+    pub actions: Vec<(&'static str, bool, u64)>,
+}
+
+/// One instance, as scraped.
+#[derive(Clone, Debug)]
+pub struct InstanceSample {
+    /// Instance id.
+    pub instance_id: Arc<str>,
+    /// Instance kind.
+    pub kind: &'static str,
+    /// System status check impaired.
+    pub system: bool,
+    /// Instance status check impaired.
+    pub instance: bool,
+    /// Attached-volume status check impaired.
+    pub volumes: bool,
+}
+
+/// One HealthCheck's probe durations, as scraped.
+#[derive(Clone, Debug)]
+pub struct CheckSample {
+    /// Namespace.
+    pub namespace: Arc<str>,
+    /// Name.
+    pub healthcheck: Arc<str>,
+    /// Probe kind.
+    pub probe: &'static str,
+    /// Durations of its probes on every target.
+    pub durations: DurationHistogram,
+}
+
+/// Everything the view contributes to a scrape.
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    /// Per target.
+    pub targets: Vec<TargetSample>,
+    /// Per instance.
+    pub instances: Vec<InstanceSample>,
+    /// Per HealthCheck.
+    pub checks: Vec<CheckSample>,
+}
+
+/// What the [`ViewCollector`] reads.
+pub trait SampleSource: Send + Sync + std::fmt::Debug {
+    /// The samples now.
+    fn samples(&self) -> Samples;
+}
+
+const TARGET_LABELS: [&str; 4] = ["namespace", "healthcheck", "instance_id", "probe"];
+const INSTANCE_LABELS: [&str; 2] = ["instance_id", "instance_kind"];
+
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    labels: &'static [&'static str],
+}
+
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "vigil_probe_up",
+        help: "1 when the last probe of the target passed, 0 when it failed (absent until one did either).",
+        kind: MetricType::GAUGE,
+        labels: &TARGET_LABELS,
+    },
+    Family {
+        name: "vigil_check_impaired",
+        help: "1 while the check is impaired on the target (failureThreshold failures in a row), else 0.",
+        kind: MetricType::GAUGE,
+        labels: &TARGET_LABELS,
+    },
+    Family {
+        name: "vigil_probe_last_duration_seconds",
+        help: "Duration of the last probe of the target.",
+        kind: MetricType::GAUGE,
+        labels: &TARGET_LABELS,
+    },
+    Family {
+        name: "vigil_probe_failures_total",
+        help: "Failed probes of the target, by reason (timeout, refused, dns, tls, status, ...).",
+        kind: MetricType::COUNTER,
+        labels: &["namespace", "healthcheck", "instance_id", "probe", "reason"],
+    },
+    Family {
+        name: "vigil_probe_errors_total",
+        help: "Probes of the target that could not run (insufficient data, never a failure).",
+        kind: MetricType::COUNTER,
+        labels: &TARGET_LABELS,
+    },
+    Family {
+        name: "vigil_restarts_total",
+        help: "Remediation actions taken on the target, by action and result (success, failure).",
+        kind: MetricType::COUNTER,
+        labels: &["namespace", "healthcheck", "instance_id", "action", "result"],
+    },
+    Family {
+        name: "vigil_probe_duration_seconds",
+        help: "Durations of the probes of a HealthCheck, over all its targets.",
+        kind: MetricType::HISTOGRAM,
+        labels: &["namespace", "healthcheck", "probe"],
+    },
+    Family {
+        name: "vigil_status_check_failed",
+        help: "1 when any status check of the instance is impaired (CloudWatch StatusCheckFailed).",
+        kind: MetricType::GAUGE,
+        labels: &INSTANCE_LABELS,
+    },
+    Family {
+        name: "vigil_status_check_failed_system",
+        help: "1 when the System status check of the instance is impaired.",
+        kind: MetricType::GAUGE,
+        labels: &INSTANCE_LABELS,
+    },
+    Family {
+        name: "vigil_status_check_failed_instance",
+        help: "1 when the Instance status check of the instance is impaired.",
+        kind: MetricType::GAUGE,
+        labels: &INSTANCE_LABELS,
+    },
+    Family {
+        name: "vigil_status_check_failed_attached_volume",
+        help: "1 when the Attached-volume status check of the instance is impaired.",
+        kind: MetricType::GAUGE,
+        labels: &INSTANCE_LABELS,
+    },
+];
+
+/// Writes the per-target, per-instance and per-check families from the live view at each scrape,
+/// straight into the text exposition format: at ten thousand targets a scrape is tens of
+/// thousands of series, and building the crate's metric objects for each would cost far more
+/// memory than the series themselves.
+#[derive(Debug)]
+pub struct ViewCollector {
+    source: Arc<dyn SampleSource>,
+}
+
+/// Appends a label value, escaped as the text format requires.
+fn push_escaped(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn push_series(out: &mut String, name: &str, suffix: &str, names: &[&str], values: &[&str], value: f64) {
+    use std::fmt::Write;
+    out.push_str(name);
+    out.push_str(suffix);
+    out.push('{');
+    for (i, (n, v)) in names.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(n);
+        out.push_str("=\"");
+        push_escaped(out, v);
+        out.push('"');
+    }
+    out.push_str("} ");
+    if value.is_infinite() {
+        out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(out, "{value}");
+    }
+    out.push('\n');
+}
+
+fn push_header(out: &mut String, f: &Family) {
+    let kind = match f.kind {
+        MetricType::COUNTER => "counter",
+        MetricType::HISTOGRAM => "histogram",
+        _ => "gauge",
+    };
+    out.push_str("# HELP ");
+    out.push_str(f.name);
+    out.push(' ');
+    out.push_str(f.help);
+    out.push_str("\n# TYPE ");
+    out.push_str(f.name);
+    out.push(' ');
+    out.push_str(kind);
+    out.push('\n');
+}
+
+impl ViewCollector {
+    /// A collector over `source`.
+    pub fn new(source: Arc<dyn SampleSource>) -> ViewCollector {
+        ViewCollector { source }
+    }
+
+    /// Appends the families to `out` in the text format.
+    pub fn encode(&self, out: &mut String) {
+        let s = self.source.samples();
+        let target = |t: &TargetSample| -> [Arc<str>; 3] {
+            [t.namespace.clone(), t.healthcheck.clone(), t.instance_id.clone()]
+        };
+        for (i, f) in FAMILIES.iter().enumerate() {
+            let start = out.len();
+            push_header(out, f);
+            let header_end = out.len();
+            match i {
+                0..=5 => {
+                    for t in &s.targets {
+                        let [ns, hc, id] = target(t);
+                        let base = [&*ns, &*hc, &*id, t.probe];
+                        match i {
+                            0 => {
+                                if let Some(up) = t.up {
+                                    push_series(out, f.name, "", f.labels, &base, f64::from(u8::from(up)));
+                                }
+                            }
+                            1 => {
+                                push_series(out, f.name, "", f.labels, &base, f64::from(u8::from(t.impaired)))
+                            }
+                            2 => {
+                                if let Some(d) = t.last_duration {
+                                    push_series(out, f.name, "", f.labels, &base, d);
+                                }
+                            }
+                            3 => {
+                                for (reason, n) in &t.failures {
+                                    let l = [base[0], base[1], base[2], base[3], reason];
+                                    push_series(out, f.name, "", f.labels, &l, *n as f64);
+                                }
+                            }
+                            4 => {
+                                if t.errors > 0 {
+                                    push_series(out, f.name, "", f.labels, &base, t.errors as f64);
+                                }
+                            }
+                            _ => {
+                                for (action, ok, n) in &t.actions {
+                                    let result = if *ok { "success" } else { "failure" };
+                                    let l = [base[0], base[1], base[2], action, result];
+                                    push_series(out, f.name, "", f.labels, &l, *n as f64);
+                                }
+                            }
+                        }
+                    }
+                }
+                6 => {
+                    let mut with_le: Vec<&str> = f.labels.to_vec();
+                    with_le.push("le");
+                    for c in &s.checks {
+                        let base = [&*c.namespace, &*c.healthcheck, c.probe];
+                        let mut cumulative = 0;
+                        for (k, n) in c.durations.buckets.iter().enumerate() {
+                            cumulative += n;
+                            let le =
+                                DURATION_BUCKETS.get(k).map_or_else(|| "+Inf".to_owned(), |b| format!("{b}"));
+                            let l = [base[0], base[1], base[2], le.as_str()];
+                            push_series(out, f.name, "_bucket", &with_le, &l, cumulative as f64);
+                        }
+                        push_series(out, f.name, "_sum", f.labels, &base, c.durations.sum);
+                        push_series(out, f.name, "_count", f.labels, &base, cumulative as f64);
+                    }
+                }
+                _ => {
+                    for inst in &s.instances {
+                        let flag = match i {
+                            7 => inst.system || inst.instance || inst.volumes,
+                            8 => inst.system,
+                            9 => inst.instance,
+                            _ => inst.volumes,
+                        };
+                        push_series(
+                            out,
+                            f.name,
+                            "",
+                            f.labels,
+                            &[&*inst.instance_id, inst.kind],
+                            f64::from(u8::from(flag)),
+                        );
+                    }
+                }
+            }
+            if out.len() == header_end {
+                // No series: no header either.
+                out.truncate(start);
+            }
         }
     }
 }
 
 /// The registry's content in the Prometheus text format.
 pub fn encode(registry: &Registry) -> Result<String, prometheus::Error> {
-    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut buf = Vec::with_capacity(64 * 1024);
     TextEncoder::new().encode(&registry.gather(), &mut buf)?;
     String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_land_in_their_bucket() {
+        let mut h = DurationHistogram::default();
+        h.observe(0.0004);
+        h.observe(0.001);
+        h.observe(20.0);
+        assert_eq!(h.buckets[0], 1);
+        assert_eq!(h.buckets[1], 1);
+        assert_eq!(h.buckets[DURATION_BUCKETS.len()], 1);
+        assert!((h.sum - 20.0014).abs() < 1e-9);
+    }
+
+    #[derive(Debug)]
+    struct Fixed(Samples);
+
+    impl SampleSource for Fixed {
+        fn samples(&self) -> Samples {
+            self.0.clone()
+        }
+    }
+
+    fn samples_target() -> TargetSample {
+        TargetSample {
+            namespace: "n".into(),
+            healthcheck: "h".into(),
+            instance_id: "i".into(),
+            probe: "tcp",
+            up: None,
+            impaired: false,
+            last_duration: None,
+            errors: 0,
+            failures: Vec::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn view_families_render() {
+        let registry = Registry::new();
+        let t = TargetSample {
+            namespace: "default".into(),
+            healthcheck: "web".into(),
+            instance_id: "endpoint-a".into(),
+            probe: "http",
+            up: Some(false),
+            impaired: true,
+            last_duration: Some(0.002),
+            errors: 0,
+            failures: vec![("refused", 3)],
+            actions: vec![("exec", true, 1)],
+        };
+        let mut durations = DurationHistogram::default();
+        durations.observe(0.002);
+        let samples = Samples {
+            targets: vec![t],
+            instances: vec![InstanceSample {
+                instance_id: "endpoint-a".into(),
+                kind: "Endpoint",
+                system: false,
+                instance: true,
+                volumes: false,
+            }],
+            checks: vec![CheckSample {
+                namespace: "default".into(),
+                healthcheck: "web".into(),
+                probe: "http",
+                durations,
+            }],
+        };
+        let mut text = encode(&registry).unwrap();
+        ViewCollector::new(Arc::new(Fixed(samples))).encode(&mut text);
+        for line in [
+            "vigil_probe_up{namespace=\"default\",healthcheck=\"web\",instance_id=\"endpoint-a\",probe=\"http\"} 0",
+            "vigil_check_impaired{namespace=\"default\",healthcheck=\"web\",instance_id=\"endpoint-a\",probe=\"http\"} 1",
+            "vigil_probe_failures_total{namespace=\"default\",healthcheck=\"web\",instance_id=\"endpoint-a\",probe=\"http\",reason=\"refused\"} 3",
+            "vigil_probe_duration_seconds_bucket{namespace=\"default\",healthcheck=\"web\",probe=\"http\",le=\"0.0025\"} 1",
+            "vigil_probe_duration_seconds_bucket{namespace=\"default\",healthcheck=\"web\",probe=\"http\",le=\"+Inf\"} 1",
+            "vigil_probe_duration_seconds_count{namespace=\"default\",healthcheck=\"web\",probe=\"http\"} 1",
+            "vigil_status_check_failed{instance_id=\"endpoint-a\",instance_kind=\"Endpoint\"} 1",
+            "vigil_status_check_failed_system{instance_id=\"endpoint-a\",instance_kind=\"Endpoint\"} 0",
+            "vigil_restarts_total{namespace=\"default\",healthcheck=\"web\",instance_id=\"endpoint-a\",action=\"exec\",result=\"success\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(
+            !text.contains("vigil_probe_errors_total"),
+            "zero error counters are not emitted, nor their header"
+        );
+
+        let quoted = TargetSample { instance_id: "a\"b\\c".into(), ..samples_target() };
+        let mut text = String::new();
+        ViewCollector::new(Arc::new(Fixed(Samples { targets: vec![quoted], ..Samples::default() })))
+            .encode(&mut text);
+        assert!(text.contains("instance_id=\"a\\\"b\\\\c\""), "{text}");
+    }
 }

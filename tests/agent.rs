@@ -92,7 +92,7 @@ fn impaired_after_the_failure_threshold_and_ok_after_the_success_threshold() {
     }
     let metrics = agent.get("/metrics").1;
     let series = format!(
-        "healthcheck=\"web\",instance_id=\"{id}\",namespace=\"default\",probe=\"http\",reason=\"status\"}}"
+        "{{namespace=\"default\",healthcheck=\"web\",instance_id=\"{id}\",probe=\"http\",reason=\"status\"}}"
     );
     let failed: f64 = metrics
         .lines()
@@ -546,7 +546,8 @@ fn the_standalone_examples_run_healthy() {
         let text = std::fs::read_to_string(e.path()).unwrap().replace("9733", &agent.addr.port().to_string());
         agent.write_check(&e.file_name().to_string_lossy(), &text);
     }
-    let doc = agent.wait_for("/v1/instances", "every example check ok", WAIT, |d| {
+    // The first probe of each lands within its period (10 s here).
+    let doc = agent.wait_for("/v1/instances", "every example check ok", Duration::from_secs(40), |d| {
         let checks: Vec<Value> = d["data"]
             .as_array()
             .unwrap()

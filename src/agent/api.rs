@@ -18,7 +18,7 @@ use crate::engine::store::Store;
 use crate::health::{Health, Readiness};
 use crate::http::{self, AccessPolicy};
 use crate::inventory::host;
-use crate::metrics::{self, AgentMetrics};
+use crate::metrics::{self, AgentMetrics, ViewCollector};
 
 /// What the handlers read.
 #[derive(Clone, Debug)]
@@ -29,8 +29,10 @@ pub struct ApiState {
     pub health: Arc<Health>,
     /// Readiness.
     pub readiness: Arc<Readiness>,
-    /// Metrics registry.
+    /// Metrics registry (the agent's own figures).
     pub registry: Registry,
+    /// Per-target, per-instance and per-check metrics, from the live view.
+    pub view: Arc<ViewCollector>,
     /// Metrics (process figures are refreshed at each scrape).
     pub metrics: AgentMetrics,
     /// The effective configuration, as served.
@@ -88,7 +90,10 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 async fn metrics_text(State(s): State<ApiState>) -> Response {
     s.metrics.process.refresh();
     match metrics::encode(&s.registry) {
-        Ok(text) => http::prometheus_text(text),
+        Ok(mut text) => {
+            s.view.encode(&mut text);
+            http::prometheus_text(text)
+        }
         Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")),
     }
 }

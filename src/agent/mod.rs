@@ -30,7 +30,7 @@ use crate::health::{Health, Readiness};
 use crate::http::{self, AccessPolicy, ServerConfig};
 use crate::inventory::Instance;
 use crate::inventory::host::{self, PressureThresholds};
-use crate::metrics::AgentMetrics;
+use crate::metrics::{AgentMetrics, ViewCollector};
 use crate::probe::Prober;
 use crate::report::statedir::{Reporter, StateDir, StateDirError};
 use crate::source::Catalog;
@@ -81,6 +81,8 @@ pub struct SchedulerLimits {
     pub max_concurrent_probes: usize,
     /// Exec probes at once.
     pub max_concurrent_exec: usize,
+    /// Threads running probes.
+    pub probe_threads: usize,
 }
 
 /// Why the agent could not start or stopped.
@@ -110,6 +112,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The probe threads could not be started.
+    #[error("cannot start the probe threads")]
+    ProbeThreads(#[source] std::io::Error),
     /// Metrics could not be registered.
     #[error("cannot register metrics")]
     Metrics(#[source] prometheus::Error),
@@ -135,6 +140,7 @@ impl AgentConfig {
             namespace,
             max_concurrent_probes,
             max_concurrent_exec,
+            probe_threads,
             host_interval,
             status_refresh,
             rescan_interval,
@@ -153,7 +159,11 @@ impl AgentConfig {
             node_name,
             node_labels: node_labels.into_iter().collect(),
             namespace,
-            scheduler: SchedulerLimits { max_concurrent_probes, max_concurrent_exec },
+            scheduler: SchedulerLimits {
+                max_concurrent_probes,
+                max_concurrent_exec,
+                probe_threads: probe_threads.unwrap_or_else(|| host::online_cpus().clamp(1, 4)),
+            },
             host_interval_seconds: host_interval.as_secs_f64(),
             status_refresh_seconds: status_refresh.as_secs_f64(),
             rescan_interval_seconds: rescan_interval.as_secs_f64(),
@@ -234,6 +244,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let state_dir = StateDir::open(&config.state_dir)?;
     let store =
         Arc::new(Store::new(&config.node_name, &config.namespace, Arc::new(SystemClock), metrics.clone()));
+    let view = Arc::new(ViewCollector::new(store.clone()));
     let (restored, problems) = state_dir.load_instances();
     for p in &problems {
         warn!("{p}");
@@ -251,9 +262,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         SchedulerConfig {
             max_concurrent_probes: config.scheduler.max_concurrent_probes,
             max_concurrent_exec: config.scheduler.max_concurrent_exec,
+            probe_threads: config.scheduler.probe_threads,
         },
         metrics.clone(),
-    );
+    )
+    .map_err(AgentError::ProbeThreads)?;
     let mut reconciler = Reconciler {
         catalog: Catalog::default(),
         scheduler,
@@ -371,6 +384,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             health: health.clone(),
             readiness: readiness.clone(),
             registry,
+            view,
             metrics: metrics.clone(),
             config: Arc::new(config_json),
         };

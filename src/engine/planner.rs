@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::api::InstanceKind;
 use crate::inventory::Instance;
 use crate::model::{CheckDef, CheckKey, TargetDef};
-use crate::probe::{AddressPolicy, Target};
+use crate::probe::{AddressPolicy, ProbeSpec, Target};
 
 /// This node, as checks select it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,11 +65,13 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
             continue;
         }
         let before = assignments.len();
+        // Only commands read an environment; other probes do not carry one.
+        let wants_env = matches!(check.probe, ProbeSpec::Exec(_));
         let mut assign = |instance: &Instance, target: Target| {
             assignments.push(Assignment {
                 check: check.clone(),
                 instance_id: instance.id.clone(),
-                target: with_env(target, instance),
+                target: if wants_env { with_env(target, instance) } else { target },
                 suspended: check.suspend,
             });
         };
@@ -208,7 +210,7 @@ spec:
         assert_eq!(local.target.port, None, "the probe's port applies");
         let h = p.assignments.iter().find(|a| a.instance_id == host.id).unwrap();
         assert_eq!(h.target.host, "127.0.0.1");
-        assert!(h.target.env.iter().any(|(k, v)| k == "VIGIL_INSTANCE_KIND" && v == "Host"));
+        assert!(h.target.env.is_empty(), "only exec probes get an environment");
         assert!(p.notes.is_empty(), "{:?}", p.notes);
     }
 

@@ -21,7 +21,7 @@ use super::remediation::{ActionRecord, Decision, Executors};
 use super::store::Store;
 use crate::metrics::AgentMetrics;
 use crate::model::{CheckDef, CheckKey};
-use crate::probe::{ProbeSpec, Prober, Target};
+use crate::probe::{Outcome, ProbeSpec, Prober, Target};
 
 /// Limits of the scheduler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,11 +30,64 @@ pub struct SchedulerConfig {
     pub max_concurrent_probes: usize,
     /// `exec` probes running at once.
     pub max_concurrent_exec: usize,
+    /// Threads running probes; 0 runs them on the caller's runtime.
+    pub probe_threads: usize,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { max_concurrent_probes: 256, max_concurrent_exec: 8 }
+        SchedulerConfig { max_concurrent_probes: 256, max_concurrent_exec: 8, probe_threads: 0 }
+    }
+}
+
+/// Threads that run the probes, each a single-threaded runtime: a worker's timer, sockets and
+/// bookkeeping stay on one thread (no cross-thread wake-ups), and probing load never delays the
+/// HTTP API, which runs elsewhere.
+#[derive(Debug)]
+pub struct ProbeThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ProbeThreads {
+    /// Starts `n` probe threads (at least one).
+    pub fn start(n: usize) -> std::io::Result<ProbeThreads> {
+        let mut threads = ProbeThreads { handles: Vec::new(), stops: Vec::new(), threads: Vec::new() };
+        for i in 0..n.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            threads.handles.push(runtime.handle().clone());
+            threads.stops.push(stop);
+            threads.threads.push(std::thread::Builder::new().name(format!("vigil-probe-{i}")).spawn(
+                move || {
+                    runtime.block_on(async {
+                        // Either a stop or the sender dropped: both mean stop.
+                        let _ = stopped.await;
+                    });
+                },
+            )?);
+        }
+        Ok(threads)
+    }
+
+    fn pick(&self, key: &(CheckKey, String)) -> &tokio::runtime::Handle {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let i = usize::try_from(h.finish() % self.handles.len() as u64).unwrap_or(0);
+        &self.handles[i]
+    }
+}
+
+impl Drop for ProbeThreads {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -70,18 +123,20 @@ struct Worker {
 #[derive(Debug)]
 pub struct Scheduler {
     shared: Arc<Shared>,
+    // Declared before the threads, so that workers are aborted before their runtimes stop.
     workers: HashMap<(CheckKey, String), Worker>,
+    threads: Option<ProbeThreads>,
 }
 
 impl Scheduler {
-    /// A scheduler recording into `store`.
+    /// A scheduler recording into `store`. With `probe_threads` set, it starts its threads.
     pub fn new(
         store: Arc<Store>,
         prober: Prober,
         executors: Executors,
         config: SchedulerConfig,
         metrics: AgentMetrics,
-    ) -> Scheduler {
+    ) -> std::io::Result<Scheduler> {
         let shared = Shared {
             store,
             prober,
@@ -90,7 +145,11 @@ impl Scheduler {
             execs: Semaphore::new(config.max_concurrent_exec.max(1)),
             metrics,
         };
-        Scheduler { shared: Arc::new(shared), workers: HashMap::new() }
+        let threads = match config.probe_threads {
+            0 => None,
+            n => Some(ProbeThreads::start(n)?),
+        };
+        Ok(Scheduler { shared: Arc::new(shared), workers: HashMap::new(), threads })
     }
 
     /// Number of (check, instance) workers.
@@ -129,12 +188,12 @@ impl Scheduler {
             // New or changed: the old worker (if any) stops when replaced.
             store.attach(&a.check, &a.instance_id, a.suspended);
             let task = (!a.suspended).then(|| {
-                AbortOnDrop(tokio::spawn(run_worker(
-                    self.shared.clone(),
-                    a.check.clone(),
-                    a.instance_id.clone(),
-                    a.target.clone(),
-                )))
+                let worker =
+                    run_worker(self.shared.clone(), a.check.clone(), a.instance_id.clone(), a.target.clone());
+                AbortOnDrop(match &self.threads {
+                    Some(threads) => threads.pick(&key).spawn(worker),
+                    None => tokio::spawn(worker),
+                })
             });
             self.workers.insert(
                 key,
@@ -173,6 +232,9 @@ async fn run_worker(shared: Arc<Shared>, check: Arc<CheckDef>, instance_id: Stri
     let first_period = timing.failing_period.unwrap_or(timing.period);
     let mut due = Instant::now() + timing.initial_delay + jitter(first_period);
     let mut last_verdict: Option<std::mem::Discriminant<Decision>> = None;
+    let kind = check.probe.kind();
+    let counted = |outcome: &str| shared.metrics.probes.with_label_values(&[kind, outcome]);
+    let counters = [counted("healthy"), counted("unhealthy"), counted("unknown")];
     loop {
         tokio::time::sleep_until(due).await;
         let report = {
@@ -182,8 +244,15 @@ async fn run_worker(shared: Arc<Shared>, check: Arc<CheckDef>, instance_id: Stri
             let _exec_permit = if is_exec { shared.execs.acquire().await.ok() } else { None };
             let started = Instant::now();
             shared.metrics.scheduler_lateness.observe(started.saturating_duration_since(due).as_secs_f64());
-            shared.prober.run(&check.probe, &target, timing.timeout, false).await
+            // Boxed: an idle worker then holds a few hundred bytes, not the probe's state machine.
+            Box::pin(shared.prober.run(&check.probe, &target, timing.timeout, false)).await
         };
+        counters[match report.outcome {
+            Outcome::Healthy { .. } => 0,
+            Outcome::Unhealthy { .. } => 1,
+            Outcome::Unknown { .. } => 2,
+        }]
+        .inc();
         let recorded = shared.store.record(&check, &instance_id, &report);
         if let Some(tr) = recorded.transition {
             info!(

@@ -109,7 +109,7 @@ impl CheckState {
                 self.consecutive_errors = 0;
                 self.ever_passed = true;
                 self.reason = None;
-                self.message = Some(cap(message));
+                self.set_message(message);
                 self.last_outcome = Some(LastOutcome::Healthy);
                 (self.consecutive_successes >= t.success).then_some(CheckStatus::Ok)
             }
@@ -118,13 +118,13 @@ impl CheckState {
                 self.consecutive_successes = 0;
                 self.consecutive_errors = 0;
                 self.reason = Some(*reason);
-                self.message = Some(cap(message));
+                self.set_message(message);
                 self.last_outcome = Some(LastOutcome::Unhealthy);
                 (self.consecutive_failures >= t.failure).then_some(CheckStatus::Impaired)
             }
             Outcome::Unknown { error } => {
                 self.consecutive_errors = self.consecutive_errors.saturating_add(1);
-                self.message = Some(cap(error));
+                self.set_message(error);
                 self.last_outcome = Some(LastOutcome::Unknown);
                 (self.consecutive_errors >= t.failure).then_some(CheckStatus::InsufficientData)
             }
@@ -132,6 +132,13 @@ impl CheckState {
         match next {
             Some(to) if to != self.status => Some(self.transition(to, now)),
             _ => None,
+        }
+    }
+
+    fn set_message(&mut self, message: &str) {
+        // Most probes say what the last one said: keep the allocation.
+        if self.message.as_deref() != Some(message) {
+            self.message = Some(cap(message));
         }
     }
 

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
-use prometheus::{Gauge, Histogram, IntCounter};
 use tokio::sync::Notify;
 
 use super::clock::Clock;
@@ -24,7 +23,9 @@ use crate::api::{
 };
 use crate::inventory::Instance;
 use crate::inventory::host::{HostHealth, Observation};
-use crate::metrics::AgentMetrics;
+use crate::metrics::{
+    AgentMetrics, CheckSample, DurationHistogram, InstanceSample, SampleSource, Samples, TargetSample,
+};
 use crate::model::{CheckDef, CheckKey};
 use crate::probe::{Outcome, Reason, Report};
 
@@ -63,6 +64,13 @@ pub struct Recorded {
     pub decision: Option<Decision>,
     /// Why an impaired target is not acted on, when that just changed.
     pub blocked: Option<String>,
+}
+
+impl Dirty {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty() && self.checks.is_empty()
+    }
 }
 
 impl Recorded {
@@ -111,13 +119,14 @@ struct Detail {
     impaired_since: Option<Timestamp>,
 }
 
-#[derive(Debug)]
-struct SlotMetrics {
-    labels: [String; 4],
-    up: Gauge,
-    impaired: Gauge,
-    duration: Histogram,
-    errors: IntCounter,
+/// Per-target counters, scraped by the metrics collector.
+#[derive(Debug, Default)]
+struct SlotCounters {
+    /// Whether the last definite probe passed.
+    up: Option<bool>,
+    errors: u64,
+    failures: Vec<(Reason, u64)>,
+    actions: Vec<(&'static str, bool, u64)>,
 }
 
 #[derive(Debug)]
@@ -125,15 +134,68 @@ struct Slot {
     state: CheckState,
     probe: &'static str,
     suspended: bool,
-    metrics: SlotMetrics,
+    /// `namespace`, `name` of the check and the instance id, shared with scrapes.
+    labels: [Arc<str>; 3],
+    counters: SlotCounters,
     last_duration: Option<Duration>,
+}
+
+/// The checks of one instance, sorted by key. Most instances have one or two: a vector sized to
+/// fit costs far less than a tree node per instance.
+#[derive(Debug, Default)]
+struct Slots(Vec<(CheckKey, Slot)>);
+
+impl Slots {
+    fn position(&self, key: &CheckKey) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(key))
+    }
+
+    fn get(&self, key: &CheckKey) -> Option<&Slot> {
+        self.position(key).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, key: &CheckKey) -> Option<&mut Slot> {
+        self.position(key).ok().map(|i| &mut self.0[i].1)
+    }
+
+    fn insert(&mut self, key: CheckKey, slot: Slot) {
+        match self.position(&key) {
+            Ok(i) => self.0[i].1 = slot,
+            Err(i) => self.0.insert(i, (key, slot)),
+        }
+        self.0.shrink_to_fit();
+    }
+
+    fn remove(&mut self, key: &CheckKey) -> Option<Slot> {
+        let i = self.position(key).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&CheckKey, &Slot)> {
+        self.0.iter().map(|(k, s)| (k, s))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl IntoIterator for Slots {
+    type Item = (CheckKey, Slot);
+    type IntoIter = std::vec::IntoIter<(CheckKey, Slot)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
 }
 
 #[derive(Debug)]
 struct InstanceEntry {
     instance: Instance,
+    /// Whether the System, Instance and Attached-volume checks are impaired (for scrapes).
+    failed: [bool; 3],
     first_seen: Timestamp,
-    checks: BTreeMap<CheckKey, Slot>,
+    checks: Slots,
     history: VecDeque<ActionRecord>,
     restart_count: u32,
     /// Check results read back from the state folder, waiting for their check to attach.
@@ -143,6 +205,7 @@ struct InstanceEntry {
 #[derive(Debug)]
 struct CheckEntry {
     info: CheckInfo,
+    durations: DurationHistogram,
     note: Option<String>,
     conditions: Vec<Condition>,
     counts: [u32; 5],
@@ -276,6 +339,7 @@ impl Store {
                         key.clone(),
                         CheckEntry {
                             info,
+                            durations: DurationHistogram::default(),
                             note: None,
                             conditions: Vec::new(),
                             counts: [0; 5],
@@ -318,7 +382,6 @@ impl Store {
                 for (key, slot) in entry.checks {
                     self.drop_slot(&mut inner, &key, slot);
                 }
-                self.metrics.remove_instance(&[&id, entry.instance.kind.as_str()]);
             }
             inner.dirty_instances.remove(&id);
             inner.touched_instances.remove(&id);
@@ -336,8 +399,9 @@ impl Store {
             }
             let mut entry = InstanceEntry {
                 instance,
+                failed: [false; 3],
                 first_seen: now,
-                checks: BTreeMap::new(),
+                checks: Slots::default(),
                 history: VecDeque::new(),
                 restart_count: 0,
                 restored_checks: BTreeMap::new(),
@@ -347,7 +411,7 @@ impl Store {
             }
             inner.instances.insert(id.clone(), entry);
             inner.dirty_instances.insert(id.clone());
-            self.update_status_metrics(&inner, &id);
+            self.update_status_metrics(&mut inner, &id);
         }
         drop(inner);
         self.changed.notify_one();
@@ -389,25 +453,22 @@ impl Store {
         } else if state.status == CheckStatus::NotApplicable {
             state.set_status(CheckStatus::Initializing, now);
         }
-        let labels = [
-            check.key.namespace.clone(),
-            check.key.name.clone(),
-            instance_id.to_owned(),
-            check.probe.kind().to_owned(),
+        let labels: [Arc<str>; 3] = [
+            Arc::from(check.key.namespace.as_str()),
+            Arc::from(check.key.name.as_str()),
+            Arc::from(instance_id),
         ];
-        let l: [&str; 4] = [&labels[0], &labels[1], &labels[2], &labels[3]];
-        let metrics = SlotMetrics {
-            up: self.metrics.probe_up.with_label_values(&l),
-            impaired: self.metrics.check_impaired.with_label_values(&l),
-            duration: self.metrics.probe_duration.with_label_values(&l),
-            errors: self.metrics.probe_errors.with_label_values(&l),
-            labels,
-        };
-        metrics.impaired.set(f64::from(u8::from(state.status == CheckStatus::Impaired)));
         let status = state.status;
         entry.checks.insert(
             check.key.clone(),
-            Slot { state, probe: check.probe.kind(), suspended, metrics, last_duration: None },
+            Slot {
+                state,
+                probe: check.probe.kind(),
+                suspended,
+                labels,
+                counters: SlotCounters::default(),
+                last_duration: None,
+            },
         );
         if let Some(c) = inner.checks.get_mut(&check.key) {
             c.counts[index(status)] += 1;
@@ -415,7 +476,7 @@ impl Store {
         refresh_block(&mut inner, &check.key);
         inner.dirty_instances.insert(instance_id.to_owned());
         inner.dirty_checks.insert(check.key.clone());
-        self.update_status_metrics(&inner, instance_id);
+        self.update_status_metrics(&mut inner, instance_id);
         self.metrics.managed_checks.inc();
         drop(inner);
         self.changed.notify_one();
@@ -429,14 +490,12 @@ impl Store {
         };
         self.drop_slot(&mut inner, check, slot);
         inner.dirty_instances.insert(instance_id.to_owned());
-        self.update_status_metrics(&inner, instance_id);
+        self.update_status_metrics(&mut inner, instance_id);
         drop(inner);
         self.changed.notify_one();
     }
 
     fn drop_slot(&self, inner: &mut Inner, check: &CheckKey, slot: Slot) {
-        let l = &slot.metrics.labels;
-        self.metrics.remove_target(&[&l[0], &l[1], &l[2], &l[3]]);
         self.metrics.managed_checks.dec();
         if let Some(c) = inner.checks.get_mut(check) {
             let i = index(slot.state.status);
@@ -451,86 +510,91 @@ impl Store {
         let now = self.clock.now();
         let thresholds =
             Thresholds { success: check.timing.success_threshold, failure: check.timing.failure_threshold };
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let Some(entry) = inner.instances.get_mut(instance_id) else {
             return Recorded::nothing();
         };
         let Some(slot) = entry.checks.get_mut(&check.key) else {
             return Recorded::nothing();
         };
-        slot.metrics.duration.observe(report.duration.as_secs_f64());
         slot.last_duration = Some(report.duration);
+        let counters = &mut slot.counters;
         match &report.outcome {
-            Outcome::Healthy { .. } => slot.metrics.up.set(1.0),
+            Outcome::Healthy { .. } => counters.up = Some(true),
             Outcome::Unhealthy { reason, .. } => {
-                slot.metrics.up.set(0.0);
-                let l = &slot.metrics.labels;
-                self.metrics
-                    .probe_failures
-                    .with_label_values(&[&l[0], &l[1], &l[2], &l[3], reason.as_str()])
-                    .inc();
+                counters.up = Some(false);
+                match counters.failures.iter_mut().find(|(r, _)| r == reason) {
+                    Some((_, n)) => *n += 1,
+                    None => counters.failures.push((*reason, 1)),
+                }
             }
-            Outcome::Unknown { .. } => slot.metrics.errors.inc(),
+            Outcome::Unknown { .. } => counters.errors += 1,
         }
-        let before = (slot.state.reason, slot.state.message.clone());
+        let reason_before = slot.state.reason;
         let transition = slot.state.observe(&report.outcome, now, thresholds);
         let status = slot.state.status;
         let wants_fast = slot.state.wants_fast_period();
-        let significant = transition.is_some() || before.0 != slot.state.reason;
-        if transition.is_some() {
-            slot.metrics.impaired.set(f64::from(u8::from(status == CheckStatus::Impaired)));
-        }
+        let significant = transition.is_some() || reason_before != slot.state.reason;
         // Act on a full streak of failures only: after an action the streak starts over, so the
         // target gets `failureThreshold` probes to show it recovered.
         let impaired_failure = status == CheckStatus::Impaired
             && matches!(report.outcome, Outcome::Unhealthy { .. })
             && slot.state.consecutive_failures >= thresholds.failure
             && !slot.suspended;
-        let reason = slot.state.reason.map(Reason::as_str).unwrap_or("unhealthy");
-        let message = slot.state.message.clone().unwrap_or_default();
-        let instance = entry.instance.clone();
-        let history: Vec<ActionRecord> =
-            entry.history.iter().filter(|r| r.check == check.key).cloned().collect();
+        let why = impaired_failure.then(|| {
+            let reason = slot.state.reason.map(Reason::as_str).unwrap_or("unhealthy");
+            format!("{reason}: {}", slot.state.message.as_deref().unwrap_or(""))
+        });
         // Output-only changes are deferred by the reporters; status changes are not.
-        if significant {
-            inner.dirty_instances.insert(instance_id.to_owned());
-        } else {
-            inner.touched_instances.insert(instance_id.to_owned());
+        if let Some(c) = inner.checks.get_mut(&check.key) {
+            c.durations.observe(report.duration.as_secs_f64());
         }
+        let set = if significant { &mut inner.dirty_instances } else { &mut inner.touched_instances };
+        if !set.contains(instance_id) {
+            set.insert(instance_id.to_owned());
+        }
+        let mut blocked_change = None;
         if let Some(tr) = transition {
-            move_count(&mut inner, &check.key, tr.from, tr.to);
-            self.update_status_metrics(&inner, instance_id);
+            move_count(inner, &check.key, tr.from, tr.to);
+            self.update_status_metrics(inner, instance_id);
+            blocked_change = refresh_block(inner, &check.key);
+            inner.dirty_checks.insert(check.key.clone());
         }
 
-        let blocked_change = refresh_block(&mut inner, &check.key);
         let mut action = None;
         let mut verdict = None;
-        if let (Some(def), true) = (&check.action, impaired_failure) {
+        if let (Some(def), Some(why)) = (&check.action, why) {
             let (unhealthy, total) = inner
                 .checks
                 .get(&check.key)
                 .map(|c| (c.counts[index(CheckStatus::Impaired)], c.counts.iter().sum()))
                 .unwrap_or((1, 1));
-            let refs: Vec<&ActionRecord> = history.iter().collect();
-            let decision = remediation::mass_failure(def.max_unhealthy, unhealthy, total)
-                .unwrap_or_else(|| remediation::decide(&def.policy, &refs, now));
-            if decision == Decision::Act {
+            let decision =
+                remediation::mass_failure(def.max_unhealthy, unhealthy, total).unwrap_or_else(|| {
+                    let history: Vec<&ActionRecord> = inner
+                        .instances
+                        .get(instance_id)
+                        .map(|e| e.history.iter().filter(|r| r.check == check.key).collect())
+                        .unwrap_or_default();
+                    remediation::decide(&def.policy, &history, now)
+                });
+            if decision == Decision::Act
+                && let Some(e) = inner.instances.get(instance_id)
+            {
                 action = Some(ActionRequest {
                     kind: def.kind,
                     check: check.key.clone(),
-                    instance_id: instance.id.clone(),
-                    instance_name: instance.name.clone(),
-                    instance_kind: instance.kind,
-                    reason: format!("{reason}: {message}"),
+                    instance_id: e.instance.id.clone(),
+                    instance_name: e.instance.name.clone(),
+                    instance_kind: e.instance.kind,
+                    reason: why,
                     exec: def.exec.clone(),
                 });
             }
             verdict = Some(decision);
         }
-        if transition.is_some() {
-            inner.dirty_checks.insert(check.key.clone());
-        }
-        drop(inner);
+        drop(guard);
         if significant {
             self.changed.notify_one();
         }
@@ -541,16 +605,14 @@ impl Store {
     pub fn record_action(&self, check: &CheckKey, instance_id: &str, record: ActionRecord) {
         let mut inner = self.lock();
         let Some(entry) = inner.instances.get_mut(instance_id) else { return };
-        let l = [
-            check.namespace.as_str(),
-            check.name.as_str(),
-            instance_id,
-            record.action.as_str(),
-            if record.succeeded { "success" } else { "failure" },
-        ];
-        self.metrics.restarts.with_label_values(&l).inc();
         if let Some(slot) = entry.checks.get_mut(check) {
             slot.state.reset_streaks();
+            let action = action_name(&record.action);
+            let actions = &mut slot.counters.actions;
+            match actions.iter_mut().find(|(a, ok, _)| *a == action && *ok == record.succeeded) {
+                Some((_, _, n)) => *n += 1,
+                None => actions.push((action, record.succeeded, 1)),
+            }
         }
         entry.restart_count = entry.restart_count.saturating_add(1);
         entry.history.push_back(record);
@@ -585,7 +647,7 @@ impl Store {
             } else {
                 inner.touched_instances.insert(id.clone());
             }
-            self.update_status_metrics(&inner, &id);
+            self.update_status_metrics(&mut inner, &id);
         }
         drop(inner);
         if significant {
@@ -593,37 +655,45 @@ impl Store {
         }
     }
 
-    /// Takes the changes since the last call, rendered. With `touched`, instances whose
-    /// counters or messages changed are included too (the periodic refresh).
-    pub fn take_dirty(&self, touched: bool) -> Dirty {
+    /// Takes up to `limit` of the changes since the last call, rendered; call again until it
+    /// returns nothing. With `touched`, instances whose counters or messages changed are
+    /// included too (the periodic refresh). Taking changes in bounded batches keeps the memory a
+    /// burst of changes needs bounded too.
+    pub fn take_dirty(&self, touched: bool, limit: usize) -> Dirty {
         let now = self.clock.now();
-        let mut inner = self.lock();
-        let mut ids = std::mem::take(&mut inner.dirty_instances);
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         if touched {
             let touched = std::mem::take(&mut inner.touched_instances);
-            ids.extend(touched);
-        } else {
-            let Inner { touched_instances, dirty_instances: _, .. } = &mut *inner;
-            for id in &ids {
-                touched_instances.remove(id);
-            }
+            inner.dirty_instances.extend(touched);
         }
-        let removed_ids = std::mem::take(&mut inner.removed_instances);
-        let keys = std::mem::take(&mut inner.dirty_checks);
-        let removed_keys = std::mem::take(&mut inner.removed_checks);
         let mut dirty = Dirty::default();
-        for id in ids {
-            if let Some(doc) = self.render_instance(&inner, &id) {
+        let mut budget = limit.max(1);
+        while budget > 0 {
+            let Some(id) = inner.dirty_instances.pop_first() else { break };
+            inner.touched_instances.remove(&id);
+            if let Some(doc) = self.render_instance(inner, &id) {
                 dirty.instances.push((id, Some(doc)));
+                budget -= 1;
             }
         }
-        dirty.instances.extend(removed_ids.into_iter().map(|id| (id, None)));
-        for key in keys {
-            if let Some(doc) = self.render_check(&mut inner, &key, now) {
+        while budget > 0 {
+            let Some(id) = inner.removed_instances.pop_first() else { break };
+            dirty.instances.push((id, None));
+            budget -= 1;
+        }
+        while budget > 0 {
+            let Some(key) = inner.dirty_checks.pop_first() else { break };
+            if let Some(doc) = self.render_check(inner, &key, now) {
                 dirty.checks.push((key, Some(doc)));
+                budget -= 1;
             }
         }
-        dirty.checks.extend(removed_keys.into_iter().map(|k| (k, None)));
+        while budget > 0 {
+            let Some(key) = inner.removed_checks.pop_first() else { break };
+            dirty.checks.push((key, None));
+            budget -= 1;
+        }
         dirty
     }
 
@@ -684,16 +754,13 @@ impl Store {
         (inner.instances.values().map(|e| e.checks.len()).sum(), inner.instances.len())
     }
 
-    fn update_status_metrics(&self, inner: &Inner, id: &str) {
+    fn update_status_metrics(&self, inner: &mut Inner, id: &str) {
         let Some(entry) = inner.instances.get(id) else { return };
         let (system, instance, volumes) = summaries(inner, entry);
-        let impaired = |s: &StatusSummary| s.status == CheckStatus::Impaired;
-        self.metrics.set_status_checks(
-            &[id, entry.instance.kind.as_str()],
-            impaired(&system),
-            impaired(&instance),
-            impaired(&volumes),
-        );
+        let failed = [system, instance, volumes].map(|s| s.status == CheckStatus::Impaired);
+        if let Some(entry) = inner.instances.get_mut(id) {
+            entry.failed = failed;
+        }
     }
 
     fn render_instance(&self, inner: &Inner, id: &str) -> Option<InstanceStatus> {
@@ -898,6 +965,64 @@ impl Store {
             remediation_allowed,
         });
         Some(doc)
+    }
+}
+
+/// The static name of an action (metric label).
+fn action_name(action: &str) -> &'static str {
+    match action {
+        "restartContainer" => "restartContainer",
+        "restartVM" => "restartVM",
+        "evictPod" => "evictPod",
+        "exec" => "exec",
+        _ => "other",
+    }
+}
+
+impl SampleSource for Store {
+    fn samples(&self) -> Samples {
+        let inner = self.lock();
+        let mut samples = Samples {
+            targets: Vec::with_capacity(inner.instances.len()),
+            instances: Vec::with_capacity(inner.instances.len()),
+            checks: Vec::with_capacity(inner.checks.len()),
+        };
+        for e in inner.instances.values() {
+            let mut instance_id: Option<Arc<str>> = None;
+            for (_, slot) in e.checks.iter() {
+                instance_id.get_or_insert_with(|| slot.labels[2].clone());
+                samples.targets.push(TargetSample {
+                    namespace: slot.labels[0].clone(),
+                    healthcheck: slot.labels[1].clone(),
+                    instance_id: slot.labels[2].clone(),
+                    probe: slot.probe,
+                    up: slot.counters.up,
+                    impaired: slot.state.status == CheckStatus::Impaired,
+                    last_duration: slot.last_duration.map(|d| d.as_secs_f64()),
+                    errors: slot.counters.errors,
+                    failures: slot.counters.failures.iter().map(|(r, n)| (r.as_str(), *n)).collect(),
+                    actions: slot.counters.actions.clone(),
+                });
+            }
+            samples.instances.push(InstanceSample {
+                instance_id: instance_id.unwrap_or_else(|| Arc::from(e.instance.id.as_str())),
+                kind: e.instance.kind.as_str(),
+                system: e.failed[0],
+                instance: e.failed[1],
+                volumes: e.failed[2],
+            });
+        }
+        for (key, c) in &inner.checks {
+            if let Some(def) = &c.info.def {
+                samples.checks.push(CheckSample {
+                    namespace: Arc::from(key.namespace.as_str()),
+                    healthcheck: Arc::from(key.name.as_str()),
+                    probe: def.probe.kind(),
+                    durations: c.durations.clone(),
+                });
+            }
+        }
+        samples
     }
 }
 

@@ -38,7 +38,7 @@ pub(crate) async fn probe(
     spec: &GrpcSpec,
     target: &Target,
     tls: &TlsConfigs,
-    user_agent: &str,
+    user_agent: &http::HeaderValue,
     trace: &mut Trace,
 ) -> Outcome {
     let port = match effective_port(target, spec.port.as_ref(), None) {
@@ -83,7 +83,7 @@ pub(crate) async fn probe(
         Ok(endpoint) => endpoint,
         Err(e) => return Outcome::unknown(format!("invalid gRPC address {authority}: {e}")),
     };
-    let endpoint = match endpoint.user_agent(user_agent) {
+    let endpoint = match endpoint.user_agent(user_agent.clone()) {
         Ok(endpoint) => endpoint,
         Err(e) => return Outcome::unknown(format!("invalid user agent: {e}")),
     };

@@ -6,11 +6,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use bytes::Bytes;
-use http::header::{ACCEPT, CONNECTION, HOST, LOCATION, USER_AGENT};
-use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http::header::{ACCEPT, HOST, USER_AGENT};
+use http::{HeaderName, HeaderValue, StatusCode, Uri};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
 use super::tls::{Alpn, TlsConfigs, server_name};
@@ -182,7 +180,7 @@ pub(crate) async fn probe(
     spec: &HttpSpec,
     target: &Target,
     tls: &TlsConfigs,
-    user_agent: &str,
+    user_agent: &HeaderValue,
     trace: &mut Trace,
 ) -> Outcome {
     let default_port = if spec.tls { 443 } else { 80 };
@@ -280,17 +278,17 @@ async fn exchange(
     spec: &HttpSpec,
     target: &Target,
     tls: &TlsConfigs,
-    user_agent: &str,
+    user_agent: &HeaderValue,
     trace: &mut Trace,
 ) -> Result<Response, Outcome> {
     let addrs = net::resolve(&url.host, url.port, target.policy, trace).await?;
-    let stream = net::ResetOnClose(net::connect(&addrs, trace).await?);
-    let request = build_request(url, spec, user_agent)?;
+    let mut stream = net::ResetOnClose(net::connect(&addrs, trace).await?);
+    let request = request_bytes(url, spec, user_agent);
     let read_body = spec.body.is_some();
     if url.tls {
         let config = tls.get(Alpn::Http1, spec.insecure_skip_verify).map_err(Outcome::unknown)?;
         let name = server_name(&url.host).map_err(Outcome::unknown)?;
-        let stream = match TlsConnector::from(config).connect(name, stream).await {
+        let mut stream = match TlsConnector::from(config).connect(name, stream).await {
             Ok(stream) => stream,
             Err(e) => {
                 trace.step("tls", || format!("failed: {e}"));
@@ -303,123 +301,196 @@ async fn exchange(
         trace.step("tls", || {
             let (_, session) = stream.get_ref();
             format!(
-                "{:?}, {:?}",
+                "{}, {}",
                 session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
-                session
-                    .negotiated_cipher_suite()
-                    .map(|c| c.suite())
-                    .unwrap_or(rustls::CipherSuite::Unknown(0)),
+                session.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default(),
             )
         });
-        send(TokioIo::new(stream), request, read_body, trace).await
+        send(&mut stream, &request, read_body, trace).await
     } else {
-        send(TokioIo::new(stream), request, read_body, trace).await
+        send(&mut stream, &request, read_body, trace).await
     }
 }
 
-fn build_request(url: &Url, spec: &HttpSpec, user_agent: &str) -> Result<Request<Empty<Bytes>>, Outcome> {
-    let mut request = Request::get(url.path.as_str())
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| Outcome::unknown(format!("invalid request path {:?}: {e}", url.path)))?;
-    let headers = request.headers_mut();
-    let host = HeaderValue::from_str(&url.authority())
-        .map_err(|e| Outcome::unknown(format!("invalid host {:?}: {e}", url.host)))?;
-    headers.insert(HOST, host);
-    if let Ok(ua) = HeaderValue::from_str(user_agent) {
-        headers.insert(USER_AGENT, ua);
+/// The request: a GET with `Host`, `User-Agent`, `Accept`, the probe's own headers (which win)
+/// and `Connection: close`.
+fn request_bytes(url: &Url, spec: &HttpSpec, user_agent: &HeaderValue) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + url.path.len());
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(url.path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut header = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    let own = |name: &HeaderName| spec.headers.iter().any(|(n, _)| n == name);
+    if !own(&HOST) {
+        header(b"Host", url.authority().as_bytes());
     }
-    headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+    if !own(&USER_AGENT) {
+        header(b"User-Agent", user_agent.as_bytes());
+    }
+    if !own(&ACCEPT) {
+        header(b"Accept", b"*/*");
+    }
     for (name, value) in &spec.headers {
-        headers.insert(name.clone(), value.clone());
+        header(name.as_str().as_bytes(), value.as_bytes());
     }
     // Never keep the connection: probes must not reuse a possibly stale socket.
-    headers.insert(CONNECTION, HeaderValue::from_static("close"));
-    Ok(request)
+    header(b"Connection", b"close");
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
-async fn send<IO>(
-    io: IO,
-    request: Request<Empty<Bytes>>,
-    read_body: bool,
-    trace: &mut Trace,
-) -> Result<Response, Outcome>
+/// Largest response head read.
+const HEAD_LIMIT: usize = 64 * 1024;
+/// Most response headers parsed.
+const MAX_HEADERS: usize = 64;
+
+fn io_outcome(what: &str, e: &std::io::Error) -> Outcome {
+    Outcome::unhealthy(net::io_reason(e), format!("{what}: {e}"))
+}
+
+/// Writes the request and reads the response head (and, when asked, the first
+/// [`BODY_LIMIT`] bytes of the body). The connection is dropped afterwards, unread data and all:
+/// it is reset, never reused.
+async fn send<S>(io: &mut S, request: &[u8], read_body: bool, trace: &mut Trace) -> Result<Response, Outcome>
 where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
-        .await
-        .map_err(|e| Outcome::unhealthy(Reason::Protocol, format!("HTTP handshake: {e}")))?;
-    let (result, conn_error) = {
-        let mut conn = std::pin::pin!(conn);
-        let mut exchange = std::pin::pin!(async {
-            let response = sender.send_request(request).await?;
-            trace.step("first-byte", || format!("{:?} {}", response.version(), response.status()));
-            let (parts, mut body) = response.into_parts();
-            let mut bytes = Vec::new();
-            if read_body {
-                while bytes.len() < BODY_LIMIT {
-                    match body.frame().await {
-                        Some(Ok(frame)) => {
-                            if let Some(data) = frame.data_ref() {
-                                let room = BODY_LIMIT - bytes.len();
-                                bytes.extend_from_slice(&data[..data.len().min(room)]);
-                            }
-                        }
-                        Some(Err(e)) => return Err(e),
-                        None => break,
-                    }
+    io.write_all(request).await.map_err(|e| io_outcome("sending the request", &e))?;
+    let mut buf: Vec<u8> = vec![0; 2048];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            if buf.len() >= HEAD_LIMIT {
+                return Err(Outcome::unhealthy(
+                    Reason::Protocol,
+                    format!("response head larger than {HEAD_LIMIT} bytes"),
+                ));
+            }
+            buf.resize((buf.len() * 2).min(HEAD_LIMIT), 0);
+        }
+        let n = io.read(&mut buf[len..]).await.map_err(|e| io_outcome("reading the response", &e))?;
+        if n == 0 {
+            trace.step("first-byte", || format!("connection closed after {len} bytes"));
+            let what = if len == 0 {
+                "the connection was closed before any response"
+            } else {
+                "the connection was closed in the middle of the response head"
+            };
+            return Err(Outcome::unhealthy(Reason::Reset, what));
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&buf[..len]) {
+            Ok(httparse::Status::Partial) => continue,
+            Err(e) => {
+                trace.step("first-byte", || format!("not HTTP: {e}"));
+                return Err(Outcome::unhealthy(Reason::Protocol, format!("not a valid HTTP response: {e}")));
+            }
+            Ok(httparse::Status::Complete(head_len)) => {
+                let code = response.code.unwrap_or(0);
+                if (100..200).contains(&code) && code != 101 {
+                    // An interim response (100 Continue…): the final one follows.
+                    buf.copy_within(head_len..len, 0);
+                    len -= head_len;
+                    continue;
                 }
+                let status = StatusCode::from_u16(code).map_err(|_| {
+                    Outcome::unhealthy(Reason::Protocol, format!("invalid status code {code}"))
+                })?;
+                trace.step("first-byte", || format!("HTTP/1.{} {status}", response.version.unwrap_or(1)));
+                let header = |name: &str| {
+                    response
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .map(str::trim)
+                };
+                let location = header("location").map(str::to_owned);
+                let framing = if header("transfer-encoding")
+                    .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+                {
+                    Framing::Chunked
+                } else if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+                    Framing::Length(n)
+                } else {
+                    Framing::UntilClose
+                };
+                let body = if read_body {
+                    buf.copy_within(head_len..len, 0);
+                    buf.truncate(len - head_len);
+                    read_body_from(io, buf, framing).await?
+                } else {
+                    Vec::new()
+                };
+                return Ok(Response { status, location, body });
             }
-            Ok::<_, hyper::Error>((parts, bytes))
-        });
-        // The connection is driven here, not spawned: when the probe ends, the socket goes with it.
-        let mut conn_error = None;
-        let result = tokio::select! {
-            biased;
-            result = &mut exchange => result,
-            finished = &mut conn => {
-                conn_error = finished.err();
-                exchange.await
-            }
-        };
-        (result, conn_error)
-    };
-    match result {
-        Ok((parts, body)) => Ok(Response {
-            status: parts.status,
-            location: parts.headers.get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned),
-            body,
-        }),
-        Err(e) => {
-            let e = conn_error.unwrap_or(e);
-            trace.step("first-byte", || format!("failed: {e}"));
-            Err(hyper_outcome(&e))
         }
     }
 }
 
-fn hyper_outcome(e: &hyper::Error) -> Outcome {
-    if let Some(io) = find_io_error(e) {
-        return Outcome::unhealthy(net::io_reason(io), format!("HTTP exchange: {io}"));
-    }
-    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
-        return Outcome::unhealthy(Reason::Reset, format!("connection closed before a full response: {e}"));
-    }
-    if e.is_timeout() {
-        return Outcome::unhealthy(Reason::Timeout, format!("HTTP exchange: {e}"));
-    }
-    Outcome::unhealthy(Reason::Protocol, format!("not a valid HTTP response: {e}"))
+/// How the body's end is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilClose,
 }
 
-fn find_io_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = current {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(io);
+/// Reads the body (raw bytes already read in `raw`) up to [`BODY_LIMIT`] decoded bytes.
+async fn read_body_from<S>(io: &mut S, mut raw: Vec<u8>, framing: Framing) -> Result<Vec<u8>, Outcome>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut chunk = [0u8; 8192];
+    loop {
+        let (body, complete) = decode(&raw, framing);
+        if complete || body.len() >= BODY_LIMIT {
+            let mut body = body;
+            body.truncate(BODY_LIMIT);
+            return Ok(body);
         }
-        current = err.source();
+        let n = io.read(&mut chunk).await.map_err(|e| io_outcome("reading the body", &e))?;
+        if n == 0 {
+            // The server closed: what arrived is the body (complete when framed by the close).
+            return Ok(decode(&raw, framing).0);
+        }
+        raw.extend_from_slice(&chunk[..n]);
     }
-    None
+}
+
+/// The decoded body in `raw` so far, and whether it is complete.
+fn decode(raw: &[u8], framing: Framing) -> (Vec<u8>, bool) {
+    match framing {
+        Framing::Length(n) => (raw[..raw.len().min(n)].to_vec(), raw.len() >= n),
+        Framing::UntilClose => (raw.to_vec(), false),
+        Framing::Chunked => {
+            let mut body = Vec::new();
+            let mut rest = raw;
+            loop {
+                let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else { return (body, false) };
+                let size_text = std::str::from_utf8(&rest[..line_end]).unwrap_or("");
+                let size_text = size_text.split(';').next().unwrap_or("").trim();
+                let Ok(size) = usize::from_str_radix(size_text, 16) else { return (body, true) };
+                if size == 0 {
+                    return (body, true);
+                }
+                let data = &rest[line_end + 2..];
+                if data.len() < size {
+                    body.extend_from_slice(data);
+                    return (body, false);
+                }
+                body.extend_from_slice(&data[..size]);
+                rest = data.get(size + 2..).unwrap_or(&[]);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -436,6 +507,31 @@ mod tests {
         assert!("399-200".parse::<StatusRanges>().unwrap_err().contains("empty"));
         assert!("abc".parse::<StatusRanges>().unwrap_err().contains("not an HTTP status"));
         assert!("700".parse::<StatusRanges>().is_err());
+    }
+
+    #[test]
+    fn bodies_decode_by_their_framing() {
+        assert_eq!(decode(b"hello world", Framing::Length(5)), (b"hello".to_vec(), true));
+        assert_eq!(decode(b"hel", Framing::Length(5)), (b"hel".to_vec(), false));
+        let chunked = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n";
+        assert_eq!(decode(chunked, Framing::Chunked), (b"hello world".to_vec(), true));
+        assert_eq!(decode(&chunked[..12], Framing::Chunked), (b"hello".to_vec(), false));
+        assert_eq!(decode(b"abc", Framing::UntilClose), (b"abc".to_vec(), false));
+    }
+
+    #[test]
+    fn requests_close_and_let_the_probe_headers_win() {
+        let url = Url { tls: false, host: "10.0.0.1".into(), port: 8080, path: "/healthz?x=1".into() };
+        let mut spec = HttpSpec::get("/healthz?x=1");
+        let ua = HeaderValue::from_static("vigil/test");
+        let text = String::from_utf8(request_bytes(&url, &spec, &ua)).unwrap();
+        assert_eq!(
+            text,
+            "GET /healthz?x=1 HTTP/1.1\r\nHost: 10.0.0.1:8080\r\nUser-Agent: vigil/test\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        );
+        spec.headers = vec![(HOST, HeaderValue::from_static("web.internal"))];
+        let text = String::from_utf8(request_bytes(&url, &spec, &ua)).unwrap();
+        assert!(text.contains("\r\nhost: web.internal\r\n") && !text.contains("10.0.0.1"), "{text}");
     }
 
     #[test]

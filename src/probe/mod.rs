@@ -330,7 +330,7 @@ impl Target {
 #[derive(Clone, Debug)]
 pub struct Prober {
     tls: Arc<tls::TlsConfigs>,
-    user_agent: Arc<str>,
+    user_agent: ::http::HeaderValue,
 }
 
 impl Prober {
@@ -338,7 +338,7 @@ impl Prober {
     pub fn new() -> Prober {
         Prober {
             tls: Arc::new(tls::TlsConfigs::load()),
-            user_agent: Arc::from(format!("vigil/{}", env!("CARGO_PKG_VERSION"))),
+            user_agent: ::http::HeaderValue::from_static(concat!("vigil/", env!("CARGO_PKG_VERSION"))),
         }
     }
 

@@ -88,8 +88,8 @@ pub(crate) async fn connect(addrs: &[SocketAddr], trace: &mut Trace) -> Result<T
     for &addr in addrs {
         match TcpStream::connect(addr).await {
             Ok(stream) => {
-                // Failing to set an option is not worth failing the probe over.
-                let _ = stream.set_nodelay(true);
+                // Failing to set it is not worth failing the probe over. (No TCP_NODELAY: a
+                // probe writes its request at once and then only reads.)
                 let _ = stream.set_zero_linger();
                 trace.step("connect", || format!("connected to {addr}"));
                 return Ok(stream);

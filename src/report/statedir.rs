@@ -3,8 +3,9 @@
 //! YAML `kubectl get -o yaml` would show.
 //!
 //! Every file is written atomically: to a temporary file in the same folder, flushed to disk,
-//! then renamed over the old one, and the folder itself is flushed once per batch. A reader, or an
-//! agent killed at any moment, sees the old document or the new one, never half of one.
+//! then renamed over the old one, and the folder itself is flushed. Writes go in batches with one
+//! flush each. A reader, or an agent killed at any moment, sees the old document or the new one,
+//! never half of one.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::api::{HealthCheck, InstanceStatus};
-use crate::engine::store::Store;
+use crate::engine::store::{Dirty, Store};
 use crate::health::Health;
 use crate::metrics::AgentMetrics;
 use crate::model::CheckKey;
@@ -27,6 +28,8 @@ use crate::model::CheckKey;
 const INSTANCES: &str = "instances";
 const HEALTHCHECKS: &str = "healthchecks";
 const TMP_PREFIX: &str = ".tmp-";
+/// Documents rendered and written per batch.
+const BATCH: usize = 256;
 
 /// Why the state folder cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -119,29 +122,51 @@ impl StateDir {
         (docs, problems)
     }
 
+    /// Applies a batch: every new document goes to a temporary file, the filesystem is flushed
+    /// once, then the temporary files are renamed over the documents and the folders flushed.
+    /// One flush per batch instead of one per file; a reader or a killed agent still sees whole
+    /// documents only, and after a power cut no document is renamed before its data is on disk.
     fn apply(&self, ops: &[Op]) -> Vec<(String, io::Error)> {
         let mut failures = Vec::new();
-        let mut touched_dirs: Vec<&'static str> = Vec::new();
+        let mut staged: Vec<(&'static str, &str)> = Vec::new();
         for op in ops {
-            let (dir, name, result) = match op {
-                Op::Write { dir, name, bytes } => {
-                    (dir, name, write_atomic(&self.root.join(dir), name, bytes))
+            if let Op::Write { dir, name, bytes } = op {
+                let tmp = self.root.join(dir).join(format!("{TMP_PREFIX}{name}"));
+                match File::create(&tmp).and_then(|mut f| f.write_all(bytes)) {
+                    Ok(()) => staged.push((dir, name)),
+                    Err(e) => failures.push((format!("{dir}/{name}"), e)),
                 }
-                Op::Remove { dir, name } => {
-                    let r = match fs::remove_file(self.root.join(dir).join(name)) {
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                        other => other,
-                    };
-                    (dir, name, r)
-                }
-            };
-            match result {
-                Ok(()) => {
-                    if !touched_dirs.contains(dir) {
-                        touched_dirs.push(dir);
-                    }
-                }
+            }
+        }
+        if !staged.is_empty()
+            && let Err(e) =
+                File::open(&self.root).and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from))
+        {
+            // Not durable yet: leave the documents as they were and try again later.
+            for (dir, name) in staged.drain(..) {
+                failures.push((format!("{dir}/{name}"), io::Error::new(e.kind(), e.to_string())));
+            }
+        }
+        let mut touched_dirs: Vec<&'static str> = Vec::new();
+        let mut touch = |dir: &'static str| {
+            if !touched_dirs.contains(&dir) {
+                touched_dirs.push(dir);
+            }
+        };
+        for (dir, name) in staged {
+            let folder = self.root.join(dir);
+            match fs::rename(folder.join(format!("{TMP_PREFIX}{name}")), folder.join(name)) {
+                Ok(()) => touch(dir),
                 Err(e) => failures.push((format!("{dir}/{name}"), e)),
+            }
+        }
+        for op in ops {
+            if let Op::Remove { dir, name } = op {
+                match fs::remove_file(self.root.join(dir).join(name)) {
+                    Ok(()) => touch(dir),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => failures.push((format!("{dir}/{name}"), e)),
+                }
             }
         }
         // The renames are durable once the folders are.
@@ -157,15 +182,6 @@ impl StateDir {
 fn check_file(key: &CheckKey) -> String {
     // Neither a namespace nor a name may contain `_`.
     format!("{}_{}.yaml", key.namespace, key.name)
-}
-
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{TMP_PREFIX}{name}"));
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, dir.join(name))
 }
 
 fn hash(text: &str) -> u64 {
@@ -227,10 +243,38 @@ impl Reporter {
         }
     }
 
-    /// Writes what changed (with `touched`, counters-only changes too).
+    /// Writes what changed (with `touched`, counters-only changes too), a batch at a time.
     pub async fn flush(&mut self, touched: bool) {
-        let dirty = self.store.take_dirty(touched);
-        let mut batch: HashMap<String, Pending> = std::mem::take(&mut self.retry);
+        let mut failures = Vec::new();
+        let mut retry = std::mem::take(&mut self.retry);
+        let mut touched = touched;
+        loop {
+            let dirty = self.store.take_dirty(touched, BATCH);
+            touched = false;
+            if dirty.is_empty() && retry.is_empty() {
+                break;
+            }
+            failures.extend(self.write_batch(dirty, std::mem::take(&mut retry)).await);
+        }
+        if failures.is_empty() {
+            self.health.set("state", Vec::new());
+            debug!("state folder up to date");
+        } else {
+            let problems: Vec<String> = failures
+                .iter()
+                .take(3)
+                .map(|(f, e)| format!("cannot write {}/{f}: {e}", self.dir.root().display()))
+                .collect();
+            warn!(failures = failures.len(), first = %problems.join("; "), "state folder write failed; will retry");
+            self.health.set("state", problems);
+        }
+    }
+
+    async fn write_batch(
+        &mut self,
+        dirty: Dirty,
+        mut batch: HashMap<String, Pending>,
+    ) -> Vec<(String, io::Error)> {
         for (id, doc) in dirty.instances {
             let p = pending(INSTANCES, format!("{id}.yaml"), doc.as_ref().map(render_instance));
             batch.insert(p.file.clone(), p);
@@ -245,7 +289,7 @@ impl Reporter {
             Op::Remove { .. } => true,
         });
         if batch.is_empty() {
-            return;
+            return Vec::new();
         }
         let dir = self.dir.clone();
         let ops: Vec<Op> = batch.values().map(|p| p.op.clone()).collect();
@@ -263,18 +307,7 @@ impl Reporter {
                 Op::Remove { .. } => self.written.remove(&file),
             };
         }
-        if failures.is_empty() {
-            self.health.set("state", Vec::new());
-            debug!("state folder up to date");
-        } else {
-            let problems: Vec<String> = failures
-                .iter()
-                .take(3)
-                .map(|(f, e)| format!("cannot write {}/{f}: {e}", self.dir.root().display()))
-                .collect();
-            warn!(failures = failures.len(), first = %problems.join("; "), "state folder write failed; will retry");
-            self.health.set("state", problems);
-        }
+        failures
     }
 }
 

@@ -1,0 +1,432 @@
+//! `make bench`: the standalone agent probing N targets at a 1 s period, against a loopback
+//! nginx, for N = 1,000 and 10,000, HTTP and TCP. Prints probes/s, the agent's CPU per probe,
+//! scheduler lateness p50/p99, RSS, and `/v1/health` latency while it runs; then `wrk` with a new
+//! connection per request against the same nginx, as the reference for CPU per HTTP exchange.
+//!
+//! Not a test: it asserts nothing, it measures. Options through the environment:
+//! `VIGIL_BENCH_SIZES` (default `1000,10000`), `VIGIL_BENCH_SECONDS` (measured window, default 20),
+//! `VIGIL_BENCH_KINDS` (default `http,tcp`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn ticks() -> f64 {
+    // USER_HZ is 100 on every Linux this runs on; read it from getconf to be sure.
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds (user + system) of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after the command: state is [0]; utime is field 14 overall, [11] here.
+    let utime: f64 = f[11].parse().unwrap();
+    let stime: f64 = f[12].parse().unwrap();
+    (utime + stime) / ticks()
+}
+
+/// `VmRSS` and `VmHWM` of a process, MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = |key: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+}
+
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = format!(
+            "worker_processes 1;\nerror_log {0}/error.log warn;\npid {0}/nginx.pid;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {0};\n  proxy_temp_path {0};\n  fastcgi_temp_path {0};\n  uwsgi_temp_path {0};\n  scgi_temp_path {0};\n  server {{\n    listen {port} reuseport backlog=4096;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+            dir.path().display()
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-e", "stderr", "-g", "daemon off;", "-c"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx is needed: make bench installs it (Debian's nginx-light)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { child, port, _dir: dir }
+    }
+
+    /// The nginx worker, whose CPU is the target's side of the cost.
+    fn worker_pid(&self) -> Option<u32> {
+        let children =
+            std::fs::read_to_string(format!("/proc/{}/task/{}/children", self.child.id(), self.child.id()))
+                .ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The i-th loopback address: 127.1.0.1, 127.1.0.2, … (all of 127/8 reaches loopback on Linux),
+/// so that every target is its own instance.
+fn loopback(i: usize) -> String {
+    let n = i + 1;
+    format!("127.{}.{}.{}", 1 + n / 65536, (n / 256) % 256, n % 256)
+}
+
+fn write_checks(dir: &Path, kind: &str, n: usize, port: u16) {
+    std::fs::create_dir_all(dir).unwrap();
+    let per_doc = 100;
+    let mut text = String::new();
+    for d in 0..n.div_ceil(per_doc) {
+        let addresses: Vec<String> = (d * per_doc..((d + 1) * per_doc).min(n))
+            .map(|i| format!("\"{}:{port}\"", loopback(i)))
+            .collect();
+        let probe = match kind {
+            "http" => "http: {path: /health}",
+            _ => "tcp: {}",
+        };
+        text.push_str(&format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata: {{name: bench-{d}}}\nspec:\n  target:\n    endpoints:\n      addresses: [{}]\n  probe:\n    {probe}\n    periodSeconds: 1\n---\n",
+            addresses.join(", ")
+        ));
+    }
+    std::fs::write(dir.join("bench.yaml"), text).unwrap();
+}
+
+/// Sum of a metric's samples whose line starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// The lateness histogram: (upper bound, cumulative count).
+fn lateness_buckets(text: &str) -> Vec<(f64, f64)> {
+    text.lines()
+        .filter(|l| l.starts_with("vigil_scheduler_lateness_seconds_bucket{"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A quantile from bucket deltas, interpolated linearly inside the bucket.
+fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let deltas: Vec<(f64, f64)> = after.iter().zip(before).map(|((le, a), (_, b))| (*le, a - b)).collect();
+    let total = deltas.last().map(|d| d.1).unwrap_or(0.0);
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let mut prev_le = 0.0;
+    let mut prev_count = 0.0;
+    for (le, count) in deltas {
+        if count >= rank {
+            if le.is_infinite() {
+                return prev_le;
+            }
+            let inside = count - prev_count;
+            let frac = if inside > 0.0 { (rank - prev_count) / inside } else { 0.0 };
+            return prev_le + (le - prev_le) * frac;
+        }
+        prev_le = le;
+        prev_count = count;
+    }
+    prev_le
+}
+
+fn fraction_within(before: &[(f64, f64)], after: &[(f64, f64)], bound: f64) -> f64 {
+    let total = after.last().unwrap().1 - before.last().unwrap().1;
+    let within = after
+        .iter()
+        .zip(before)
+        .find(|((le, _), _)| (*le - bound).abs() < 1e-12)
+        .map(|((_, a), (_, b))| a - b);
+    within.map(|w| w / total).unwrap_or(f64::NAN)
+}
+
+struct Row {
+    scenario: String,
+    probes_per_s: f64,
+    cpu_us: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    within_2ms: f64,
+    rss: f64,
+    peak: f64,
+    health_p50_ms: f64,
+    health_p99_ms: f64,
+    nginx_cpu_us: f64,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn run_agent(nginx: &Nginx, kind: &str, n: usize, window: Duration) -> Row {
+    let dir = tempfile::tempdir().unwrap();
+    let checks = dir.path().join("checks");
+    write_checks(&checks, kind, n, nginx.port);
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["agent", "--node-name", "bench", "--log-level", "warn", "--listen", &addr.to_string()])
+        .arg("--checks-dir")
+        .arg(&checks)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = agent.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = write!(s, "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the agent did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Steady state: every target probed, and the first write of every instance's state file
+    // (a one-time cost at start-up) done.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = get(addr, "/metrics");
+        let written = metric_sum(&m, "vigil_status_writes_total{kind=\"instance\",result=\"ok\"}");
+        let probed = metric_sum(&m, "vigil_probes_total");
+        if written >= n as f64 && probed >= 2.0 * n as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no steady state after 120 s: {written} files, {probed} probes");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+
+    let m0 = get(addr, "/metrics");
+    let cpu0 = cpu_seconds(pid);
+    let nginx_pid = nginx.worker_pid();
+    let ng0 = nginx_pid.map(cpu_seconds).unwrap_or(0.0);
+    let t0 = Instant::now();
+    // /v1/health latency while probing, one request every 10 ms on a fresh connection.
+    let mut health = Vec::new();
+    while t0.elapsed() < window {
+        let start = Instant::now();
+        let body = get(addr, "/v1/health");
+        health.push(start.elapsed().as_secs_f64() * 1e3);
+        assert!(body.contains("\"status\""), "{body}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_seconds(pid);
+    let ng1 = nginx_pid.map(cpu_seconds).unwrap_or(0.0);
+    let m1 = get(addr, "/metrics");
+    let (rss, peak) = rss_mib(pid);
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    let probes = metric_sum(&m1, "vigil_probes_total") - metric_sum(&m0, "vigil_probes_total");
+    let failed = metric_sum(&m1, "vigil_probes_total{outcome=\"unhealthy\"")
+        + metric_sum(&m1, "vigil_probes_total{outcome=\"unknown\"");
+    if failed > 0.0 {
+        eprintln!("warning: {failed} probes did not pass in the {kind} {n} run");
+    }
+    let (b0, b1) = (lateness_buckets(&m0), lateness_buckets(&m1));
+    health.sort_by(f64::total_cmp);
+    Row {
+        scenario: format!("{kind} × {n}"),
+        probes_per_s: probes / elapsed,
+        cpu_us: (cpu1 - cpu0) * 1e6 / probes,
+        p50_ms: quantile(&b0, &b1, 0.50) * 1e3,
+        p99_ms: quantile(&b0, &b1, 0.99) * 1e3,
+        within_2ms: fraction_within(&b0, &b1, 0.002) * 100.0,
+        rss,
+        peak,
+        health_p50_ms: percentile(&health, 0.50),
+        health_p99_ms: percentile(&health, 0.99),
+        nginx_cpu_us: (ng1 - ng0) * 1e6 / probes,
+    }
+}
+
+/// wrk with a new connection per request: requests and CPU (user + system) per request.
+fn wrk(port: u16) -> Option<(f64, f64, f64)> {
+    let script =
+        format!("wrk -t1 -c8 -d10s -H 'Connection: close' http://127.0.0.1:{port}/health > \"$0\"; times");
+    let out_file = tempfile::NamedTempFile::new().ok()?;
+    let out = Command::new("bash").args(["-c", &script]).arg(out_file.path()).output().ok()?;
+    let times = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = std::fs::read_to_string(out_file.path()).ok()?;
+    let requests: f64 = report
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())?;
+    let rate: f64 = report
+        .lines()
+        .find(|l| l.starts_with("Requests/sec"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())?;
+    // `times` prints the shell's own times, then its children's: "0m1.234s 0m0.567s".
+    let children = times.lines().nth(1)?;
+    let secs = |t: &str| -> Option<f64> {
+        let (m, s) = t.trim_end_matches('s').split_once('m')?;
+        Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+    };
+    let mut parts = children.split_whitespace();
+    let cpu = secs(parts.next()?)? + secs(parts.next()?)?;
+    Some((requests, rate, cpu * 1e6 / requests))
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else is read from the command line.
+    let sizes: Vec<usize> =
+        env_or("VIGIL_BENCH_SIZES", "1000,10000").split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    let kinds: Vec<String> =
+        env_or("VIGIL_BENCH_KINDS", "http,tcp").split(',').map(|s| s.trim().to_owned()).collect();
+    let window = Duration::from_secs(env_or("VIGIL_BENCH_SECONDS", "20").parse().unwrap_or(20));
+    let nginx = Nginx::start();
+    println!(
+        "vigil {} — scale benchmark against a loopback nginx (1 worker), period 1 s, window {}s",
+        env!("CARGO_PKG_VERSION"),
+        window.as_secs()
+    );
+    println!(
+        "machine: {} CPUs, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        first_line("/proc/cpuinfo", "model name")
+    );
+    println!();
+    let mut rows = Vec::new();
+    for kind in &kinds {
+        for &n in &sizes {
+            let row = run_agent(&nginx, kind, n, window);
+            eprintln!("done: {}", row.scenario);
+            rows.push(row);
+        }
+    }
+    println!(
+        "{:<13} {:>9} {:>11} {:>10} {:>10} {:>8} {:>8} {:>8} {:>11} {:>11} {:>11}",
+        "scenario",
+        "probes/s",
+        "cpu µs/prb",
+        "late p50",
+        "late p99",
+        "≤2ms %",
+        "RSS MiB",
+        "peak MiB",
+        "health p50",
+        "health p99",
+        "nginx µs/r"
+    );
+    for r in &rows {
+        println!(
+            "{:<13} {:>9.0} {:>11.1} {:>8.3}ms {:>8.3}ms {:>8.2} {:>8.1} {:>8.1} {:>9.3}ms {:>9.3}ms {:>11.1}",
+            r.scenario,
+            r.probes_per_s,
+            r.cpu_us,
+            r.p50_ms,
+            r.p99_ms,
+            r.within_2ms,
+            r.rss,
+            r.peak,
+            r.health_p50_ms,
+            r.health_p99_ms,
+            r.nginx_cpu_us
+        );
+    }
+    println!();
+    match wrk(nginx.port) {
+        Some((requests, rate, cpu_us)) => {
+            println!(
+                "wrk, new connection per request: {requests:.0} requests, {rate:.0}/s, {cpu_us:.1} µs CPU per request"
+            );
+            for r in rows.iter().filter(|r| r.scenario.starts_with("http")) {
+                println!(
+                    "  {}: vigil CPU per HTTP probe / wrk CPU per request = {:.2}",
+                    r.scenario,
+                    r.cpu_us / cpu_us
+                );
+            }
+        }
+        None => println!("wrk not available: no reference figure (make bench installs Debian's wrk)"),
+    }
+    println!();
+    println!(
+        "Lateness quantiles are interpolated inside the histogram buckets of vigil_scheduler_lateness_seconds"
+    );
+    println!(
+        "(0.1, 0.25, 0.5, 1, 2, 5 ms…); '≤2ms %' is exact. CPU is user+system time of the agent process"
+    );
+    println!("from /proc over the window, divided by the probes it ran (vigil_probes_total).");
+}
+
+fn first_line(file: &str, key: &str) -> String {
+    std::fs::read_to_string(PathBuf::from(file))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
