@@ -634,3 +634,33 @@ fn vigil_check_exit_codes() {
     assert_eq!(code, 2);
     assert!(err.contains("spec.probe.periodSeconds"), "{err}");
 }
+
+#[test]
+fn a_failing_target_is_probed_at_the_failing_period() {
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    target.set_status(500);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let address = target.address();
+    // A 30 s period, but 1 s while failing: three failures take seconds, not a minute and a half.
+    let check = endpoint_http("slow", &address, "    failingPeriodSeconds: 1\n    failureThreshold: 3\n")
+        .replace("periodSeconds: 1\n    failingPeriodSeconds", "periodSeconds: 30\n    failingPeriodSeconds");
+    assert!(check.contains("periodSeconds: 30"), "{check}");
+    agent.write_check("slow.yaml", &check);
+    let started = Instant::now();
+    agent.wait_status(&endpoint_id(&address), "default/slow", "impaired", WAIT);
+    assert!(started.elapsed() < Duration::from_secs(15), "impaired after {:?}", started.elapsed());
+
+    // Healthy again: back to the 30 s period.
+    target.set_status(200);
+    agent.wait_status(&endpoint_id(&address), "default/slow", "ok", WAIT);
+    let seen = target.requests();
+    let mut later = target.requests();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        later = target.requests();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(later - seen <= 1, "{} probes in 3 s after recovery, with a 30 s period", later - seen);
+}

@@ -46,6 +46,8 @@ impl Default for SchedulerConfig {
 #[derive(Debug)]
 pub struct ProbeThreads {
     handles: Vec<tokio::runtime::Handle>,
+    /// When each runtime's clock started: its timer ticks are whole milliseconds from there.
+    epochs: Vec<Instant>,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -53,9 +55,15 @@ pub struct ProbeThreads {
 impl ProbeThreads {
     /// Starts `n` probe threads (at least one).
     pub fn start(n: usize) -> std::io::Result<ProbeThreads> {
-        let mut threads = ProbeThreads { handles: Vec::new(), stops: Vec::new(), threads: Vec::new() };
+        let mut threads =
+            ProbeThreads { handles: Vec::new(), epochs: Vec::new(), stops: Vec::new(), threads: Vec::new() };
         for i in 0..n.max(1) {
+            // The runtime's clock started a moment before this (its timer ticks are whole
+            // milliseconds from then); step back so that due times fall just before a tick,
+            // never just after one, which would cost a whole tick.
+            let before = Instant::now();
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            threads.epochs.push(before.checked_sub(TICK_MARGIN).unwrap_or(before));
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             threads.handles.push(runtime.handle().clone());
             threads.stops.push(stop);
@@ -71,12 +79,12 @@ impl ProbeThreads {
         Ok(threads)
     }
 
-    fn pick(&self, key: &(CheckKey, String)) -> &tokio::runtime::Handle {
+    fn pick(&self, key: &(CheckKey, String)) -> (&tokio::runtime::Handle, Instant) {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         let i = usize::try_from(h.finish() % self.handles.len() as u64).unwrap_or(0);
-        &self.handles[i]
+        (&self.handles[i], self.epochs[i])
     }
 }
 
@@ -93,6 +101,10 @@ impl Drop for ProbeThreads {
 
 #[derive(Debug)]
 struct Shared {
+    /// Origin of the slot grid when probes run on the caller's runtime.
+    epoch: Instant,
+    /// Step of the slot grid, nanoseconds (see [`slot_for_rate`]).
+    slot_nanos: std::sync::atomic::AtomicU64,
     store: Arc<Store>,
     prober: Prober,
     executors: Executors,
@@ -138,6 +150,8 @@ impl Scheduler {
         metrics: AgentMetrics,
     ) -> std::io::Result<Scheduler> {
         let shared = Shared {
+            epoch: Instant::now(),
+            slot_nanos: std::sync::atomic::AtomicU64::new(MAX_SLOT.as_nanos() as u64),
             store,
             prober,
             executors,
@@ -177,6 +191,15 @@ impl Scheduler {
             self.workers.remove(&key);
             store.detach(&key.0, &key.1);
         }
+        let rate: f64 = wanted
+            .values()
+            .filter(|a| !a.suspended)
+            .map(|a| 1.0 / a.check.timing.failing_period.unwrap_or(a.check.timing.period).as_secs_f64())
+            .sum();
+        let threads = self.threads.as_ref().map_or(1, |t| t.handles.len()) as f64;
+        self.shared
+            .slot_nanos
+            .store(slot_for_rate(rate / threads).as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         store.sync_instances(plan.instances);
         for (key, a) in wanted {
             if let Some(w) = self.workers.get(&key) {
@@ -188,10 +211,22 @@ impl Scheduler {
             // New or changed: the old worker (if any) stops when replaced.
             store.attach(&a.check, &a.instance_id, a.suspended);
             let task = (!a.suspended).then(|| {
-                let worker =
-                    run_worker(self.shared.clone(), a.check.clone(), a.instance_id.clone(), a.target.clone());
-                AbortOnDrop(match &self.threads {
-                    Some(threads) => threads.pick(&key).spawn(worker),
+                let (handle, epoch) = match &self.threads {
+                    Some(threads) => {
+                        let (handle, epoch) = threads.pick(&key);
+                        (Some(handle), epoch)
+                    }
+                    None => (None, self.shared.epoch),
+                };
+                let worker = run_worker(
+                    self.shared.clone(),
+                    a.check.clone(),
+                    a.instance_id.clone(),
+                    a.target.clone(),
+                    epoch,
+                );
+                AbortOnDrop(match handle {
+                    Some(handle) => handle.spawn(worker),
                     None => tokio::spawn(worker),
                 })
             });
@@ -207,6 +242,35 @@ impl Scheduler {
     pub fn clear(&mut self) {
         self.workers.clear();
     }
+}
+
+/// Probes are due on a grid, so that probes due about the same time share one wake-up of their
+/// thread instead of one each (timer slack, as the kernel does for timers). Periods are whole
+/// seconds, so a probe stays on the grid. The step shrinks as the probe rate grows, so that a
+/// slot holds only a handful of probes: a slot of a hundred would start them in a burst and make
+/// the last ones late.
+pub const MAX_SLOT: Duration = Duration::from_millis(10);
+/// The finest step: the runtime's timer resolution.
+pub const MIN_SLOT: Duration = Duration::from_millis(1);
+/// How far before a timer tick due times are placed.
+const TICK_MARGIN: Duration = Duration::from_micros(100);
+/// Probes a slot is sized to hold.
+const PROBES_PER_SLOT: f64 = 8.0;
+
+/// The grid step for `rate` probes per second.
+pub fn slot_for_rate(rate: f64) -> Duration {
+    if rate <= 0.0 {
+        return MAX_SLOT;
+    }
+    Duration::from_secs_f64(PROBES_PER_SLOT / rate).clamp(MIN_SLOT, MAX_SLOT)
+}
+
+/// The first slot at or after `t`.
+fn on_slot(epoch: Instant, step: Duration, t: Instant) -> Instant {
+    let since = t.saturating_duration_since(epoch).as_nanos();
+    let step = step.as_nanos().max(1);
+    let slots = since.div_ceil(step);
+    epoch + Duration::from_nanos(u64::try_from(slots * step).unwrap_or(u64::MAX))
 }
 
 /// A random offset in `[0, period)`.
@@ -226,11 +290,20 @@ fn next_on_grid(due: Instant, period: Duration, now: Instant) -> Instant {
     next + period * u32::try_from(skips).unwrap_or(u32::MAX)
 }
 
-async fn run_worker(shared: Arc<Shared>, check: Arc<CheckDef>, instance_id: String, target: Target) {
+/// One (check, instance): probe on time, record, act. `epoch` is the origin of its runtime's
+/// clock, so that due times fall on the runtime's timer ticks.
+async fn run_worker(
+    shared: Arc<Shared>,
+    check: Arc<CheckDef>,
+    instance_id: String,
+    target: Target,
+    epoch: Instant,
+) {
     let timing = check.timing;
     let is_exec = matches!(check.probe, ProbeSpec::Exec(_));
     let first_period = timing.failing_period.unwrap_or(timing.period);
-    let mut due = Instant::now() + timing.initial_delay + jitter(first_period);
+    let slot = || Duration::from_nanos(shared.slot_nanos.load(std::sync::atomic::Ordering::Relaxed));
+    let mut due = on_slot(epoch, slot(), Instant::now() + timing.initial_delay + jitter(first_period));
     let mut last_verdict: Option<std::mem::Discriminant<Decision>> = None;
     let kind = check.probe.kind();
     let counted = |outcome: &str| shared.metrics.probes.with_label_values(&[kind, outcome]);
@@ -301,7 +374,7 @@ async fn run_worker(shared: Arc<Shared>, check: Arc<CheckDef>, instance_id: Stri
             );
             last_verdict = None;
             // Give the target its initial delay again before judging it.
-            due = Instant::now() + timing.initial_delay.max(timing.period);
+            due = on_slot(epoch, slot(), Instant::now() + timing.initial_delay.max(timing.period));
             continue;
         }
         let period = match timing.failing_period {
@@ -322,6 +395,28 @@ mod tests {
             assert!(jitter(Duration::from_secs(10)) < Duration::from_secs(10));
         }
         assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn due_times_land_on_slots() {
+        let epoch = Instant::now();
+        let step = Duration::from_millis(10);
+        assert_eq!(on_slot(epoch, step, epoch), epoch);
+        assert_eq!(on_slot(epoch, step, epoch + Duration::from_millis(1)), epoch + step);
+        assert_eq!(on_slot(epoch, step, epoch + step), epoch + step);
+        assert_eq!(
+            on_slot(epoch, step, epoch + Duration::from_millis(25)),
+            epoch + Duration::from_millis(30)
+        );
+    }
+
+    #[test]
+    fn slots_shrink_as_the_rate_grows() {
+        assert_eq!(slot_for_rate(0.0), MAX_SLOT);
+        assert_eq!(slot_for_rate(100.0), MAX_SLOT);
+        assert_eq!(slot_for_rate(1000.0), Duration::from_millis(8));
+        assert_eq!(slot_for_rate(5000.0), Duration::from_secs_f64(8.0 / 5000.0));
+        assert_eq!(slot_for_rate(100_000.0), MIN_SLOT);
     }
 
     #[test]

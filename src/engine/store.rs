@@ -192,6 +192,8 @@ impl IntoIterator for Slots {
 #[derive(Debug)]
 struct InstanceEntry {
     instance: Instance,
+    /// Counters or messages changed, but nothing a reader must see at once.
+    touched: bool,
     /// Whether the System, Instance and Attached-volume checks are impaired (for scrapes).
     failed: [bool; 3],
     first_seen: Timestamp,
@@ -214,14 +216,12 @@ struct CheckEntry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    instances: BTreeMap<String, InstanceEntry>,
-    checks: BTreeMap<CheckKey, CheckEntry>,
+    instances: HashMap<String, InstanceEntry>,
+    checks: HashMap<CheckKey, CheckEntry>,
     host_system: Vec<Detail>,
     host_volumes: Vec<Detail>,
     restored: HashMap<String, InstanceStatus>,
     dirty_instances: BTreeSet<String>,
-    /// Instances whose counters or messages changed, but nothing a reader must see at once.
-    touched_instances: BTreeSet<String>,
     removed_instances: BTreeSet<String>,
     dirty_checks: BTreeSet<CheckKey>,
     removed_checks: BTreeSet<CheckKey>,
@@ -384,7 +384,6 @@ impl Store {
                 }
             }
             inner.dirty_instances.remove(&id);
-            inner.touched_instances.remove(&id);
             inner.removed_instances.insert(id);
         }
         for instance in instances {
@@ -399,6 +398,7 @@ impl Store {
             }
             let mut entry = InstanceEntry {
                 instance,
+                touched: false,
                 failed: [false; 3],
                 first_seen: now,
                 checks: Slots::default(),
@@ -550,9 +550,12 @@ impl Store {
         if let Some(c) = inner.checks.get_mut(&check.key) {
             c.durations.observe(report.duration.as_secs_f64());
         }
-        let set = if significant { &mut inner.dirty_instances } else { &mut inner.touched_instances };
-        if !set.contains(instance_id) {
-            set.insert(instance_id.to_owned());
+        if significant {
+            if !inner.dirty_instances.contains(instance_id) {
+                inner.dirty_instances.insert(instance_id.to_owned());
+            }
+        } else if let Some(e) = inner.instances.get_mut(instance_id) {
+            e.touched = true;
         }
         let mut blocked_change = None;
         if let Some(tr) = transition {
@@ -644,8 +647,8 @@ impl Store {
         for id in affected {
             if significant {
                 inner.dirty_instances.insert(id.clone());
-            } else {
-                inner.touched_instances.insert(id.clone());
+            } else if let Some(e) = inner.instances.get_mut(&id) {
+                e.touched = true;
             }
             self.update_status_metrics(&mut inner, &id);
         }
@@ -664,14 +667,19 @@ impl Store {
         let mut guard = self.lock();
         let inner = &mut *guard;
         if touched {
-            let touched = std::mem::take(&mut inner.touched_instances);
-            inner.dirty_instances.extend(touched);
+            let Inner { instances, dirty_instances, .. } = &mut *inner;
+            for (id, e) in instances.iter_mut().filter(|(_, e)| e.touched) {
+                e.touched = false;
+                dirty_instances.insert(id.clone());
+            }
         }
         let mut dirty = Dirty::default();
         let mut budget = limit.max(1);
         while budget > 0 {
             let Some(id) = inner.dirty_instances.pop_first() else { break };
-            inner.touched_instances.remove(&id);
+            if let Some(e) = inner.instances.get_mut(&id) {
+                e.touched = false;
+            }
             if let Some(doc) = self.render_instance(inner, &id) {
                 dirty.instances.push((id, Some(doc)));
                 budget -= 1;
@@ -700,7 +708,9 @@ impl Store {
     /// Every instance, rendered as its InstanceStatus (live counters included).
     pub fn instance_docs(&self) -> Vec<InstanceStatus> {
         let inner = self.lock();
-        inner.instances.keys().filter_map(|id| self.render_instance(&inner, id)).collect()
+        let mut ids: Vec<&String> = inner.instances.keys().collect();
+        ids.sort();
+        ids.into_iter().filter_map(|id| self.render_instance(&inner, id)).collect()
     }
 
     /// One instance, by id or, failing that, by name.
@@ -718,7 +728,8 @@ impl Store {
     pub fn check_docs(&self) -> Vec<HealthCheck> {
         let now = self.clock.now();
         let mut inner = self.lock();
-        let keys: Vec<CheckKey> = inner.checks.keys().cloned().collect();
+        let mut keys: Vec<CheckKey> = inner.checks.keys().cloned().collect();
+        keys.sort();
         keys.iter().filter_map(|k| self.render_check(&mut inner, k, now)).collect()
     }
 
@@ -835,11 +846,17 @@ impl Store {
     }
 
     fn render_check(&self, inner: &mut Inner, key: &CheckKey, now: Timestamp) -> Option<HealthCheck> {
+        // The first impaired instances by id, so that the list is stable from one render to
+        // the next.
+        let mut impaired: Vec<(&String, &InstanceEntry, &Slot)> = inner
+            .instances
+            .iter()
+            .filter_map(|(id, e)| e.checks.get(key).map(|slot| (id, e, slot)))
+            .filter(|(_, _, slot)| slot.state.status == CheckStatus::Impaired)
+            .collect();
+        impaired.sort_by(|a, b| a.0.cmp(b.0));
         let mut unhealthy_list = Vec::new();
-        for e in inner.instances.values() {
-            if let Some(slot) = e.checks.get(key)
-                && slot.state.status == CheckStatus::Impaired
-                && unhealthy_list.len() < UNHEALTHY_LIST_LIMIT
+        for (_, e, slot) in impaired.into_iter().take(UNHEALTHY_LIST_LIMIT) {
             {
                 unhealthy_list.push(UnhealthyInstance {
                     id: e.instance.id.clone(),

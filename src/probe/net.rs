@@ -84,13 +84,20 @@ pub(crate) async fn resolve(
 
 /// Connects to the first address that accepts, with probe socket options set.
 pub(crate) async fn connect(addrs: &[SocketAddr], trace: &mut Trace) -> Result<TcpStream, Outcome> {
+    let socket = connect_socket(addrs, trace).await?;
+    TcpStream::from_std(socket).map_err(|e| Outcome::unknown(format!("cannot register the connection: {e}")))
+}
+
+/// Connects like [`connect`], without handing the socket to the runtime: for probes that only
+/// need to know the connection was accepted.
+pub(crate) async fn connect_socket(
+    addrs: &[SocketAddr],
+    trace: &mut Trace,
+) -> Result<std::net::TcpStream, Outcome> {
     let mut last: Option<(SocketAddr, io::Error)> = None;
     for &addr in addrs {
-        match TcpStream::connect(addr).await {
+        match connect_one(addr).await {
             Ok(stream) => {
-                // Failing to set it is not worth failing the probe over. (No TCP_NODELAY: a
-                // probe writes its request at once and then only reads.)
-                let _ = stream.set_zero_linger();
                 trace.step("connect", || format!("connected to {addr}"));
                 return Ok(stream);
             }
@@ -103,6 +110,37 @@ pub(crate) async fn connect(addrs: &[SocketAddr], trace: &mut Trace) -> Result<T
             Err(Outcome::unhealthy(io_reason(&e), format!("connect to {addr}: {e}")))
         }
         None => Err(Outcome::unknown("no address to connect to")),
+    }
+}
+
+/// One non-blocking connect. A peer on this machine (loopback, a pod behind a veth) usually
+/// completes the handshake inside `connect()` itself, so readiness is checked once before the
+/// socket is registered with the runtime to wait: most local probes never touch epoll.
+async fn connect_one(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    // Reset on close: no TIME-WAIT. The socket is non-blocking, so close never waits.
+    socket.set_linger(Some(std::time::Duration::ZERO))?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => return Ok(socket.into()),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
+        Err(e) => return Err(e),
+    }
+    let mut fds = [rustix::event::PollFd::new(&socket, rustix::event::PollFlags::OUT)];
+    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    let ready = rustix::event::poll(&mut fds, Some(&zero)).map_err(io::Error::from)? > 0;
+    if !ready {
+        // A remote peer: wait for the handshake through the runtime.
+        let stream = TcpStream::from_std(socket.into())?;
+        stream.writable().await?;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+        return stream.into_std();
+    }
+    match socket.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(socket.into()),
     }
 }
 

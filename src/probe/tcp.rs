@@ -19,7 +19,7 @@ pub(crate) async fn probe(spec: &TcpSpec, target: &Target, trace: &mut Trace) ->
         Ok(addrs) => addrs,
         Err(outcome) => return outcome,
     };
-    match net::connect(&addrs, trace).await {
+    match net::connect_socket(&addrs, trace).await {
         Ok(stream) => {
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| target.host.clone());
             Outcome::healthy(format!("connected to {peer}"))
