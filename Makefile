@@ -18,6 +18,7 @@ test-deps:
 
 ## bench: probe throughput, CPU per probe, scheduler lateness and memory (not a test)
 bench:
+	tests/fixtures/tools.sh bench
 	$(CARGO) bench --locked --bench scale
 
 ## crds: regenerate crds/ from the Rust types

@@ -407,6 +407,9 @@ fn the_http_api_keeps_its_contract() {
     assert!(head.to_ascii_lowercase().contains("allow: get,head"), "{head}");
     let (status, body) = request(agent.addr, "DELETE", "/v1/instances/x", &[]).unwrap();
     assert_eq!(status, 405, "{body}");
+    let error = &serde_json::from_str::<Value>(&body).unwrap()["error"];
+    assert_eq!(error["code"], 405, "{body}");
+    assert!(error["message"].as_str().unwrap().contains("DELETE is not allowed"), "{body}");
     let (status, body) = agent.get("/v1/nothing");
     assert_eq!(status, 404);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], 404);

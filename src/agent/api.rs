@@ -58,6 +58,7 @@ pub fn router(state: ApiState, access: AccessPolicy, request_timeout: Duration) 
         .route("/v1/healthchecks", get(healthchecks))
         .merge(sensitive)
         .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
         .layer(axum::middleware::from_fn(move |req, next| http::request_timeout(request_timeout, req, next)))
         .with_state(state)
 }

@@ -140,6 +140,19 @@ pub async fn not_found(request: Request) -> Response {
     error(StatusCode::NOT_FOUND, format!("no such path: {}", request.uri().path()))
 }
 
+/// Answer for a path that exists, asked with a method other than GET or HEAD (the router adds
+/// `Allow`).
+pub async fn method_not_allowed(request: Request) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}: the API is read-only (GET, HEAD)",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
 /// `Content-Type` of the Prometheus text format.
 pub fn prometheus_text(body: String) -> Response {
     let mut response = body.into_response();
