@@ -37,7 +37,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: probe, track status, report, remediate.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Print the CustomResourceDefinitions.
     Crd,
     /// Run one probe now and print the outcome (exit 0 healthy, 1 unhealthy, 2 could not run).
@@ -110,6 +110,23 @@ pub struct AgentArgs {
     /// configuration) from other hosts. Without it, they are served to loopback callers only.
     #[arg(long, env = "VIGIL_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
+
+    /// Docker Engine socket. Default: /var/run/docker.sock when it exists (no Docker runtime
+    /// otherwise). Given explicitly, the agent waits for the daemon if it is not there yet.
+    #[arg(long, env = "VIGIL_DOCKER_SOCKET", conflicts_with = "no_docker")]
+    pub docker_socket: Option<String>,
+
+    /// Do not watch Docker containers, even if a daemon is there.
+    #[arg(long)]
+    pub no_docker: bool,
+
+    /// How often container resource figures are sampled.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub docker_stats_interval: Duration,
+
+    /// Seconds a container is given to stop when the `restartContainer` action restarts it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub container_stop_timeout: Duration,
 }
 
 /// `vigil check`.

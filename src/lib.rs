@@ -24,6 +24,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod crd;
+pub mod docker;
 pub mod engine;
 pub mod health;
 pub mod http;

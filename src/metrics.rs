@@ -235,6 +235,28 @@ pub struct Samples {
     pub checks: Vec<CheckSample>,
 }
 
+/// Appends one family in the text format — `# HELP`, `# TYPE` and its series — or nothing when
+/// it has no series. For collectors outside this module that render live state at scrape time.
+pub fn push_family<'a>(
+    out: &mut String,
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    labels: &'static [&'static str],
+    series: impl IntoIterator<Item = (Vec<&'a str>, f64)>,
+) {
+    let family = Family { name, help, kind, labels };
+    let start = out.len();
+    push_header(out, &family);
+    let header_end = out.len();
+    for (values, value) in series {
+        push_series(out, name, "", labels, &values, value);
+    }
+    if out.len() == header_end {
+        out.truncate(start);
+    }
+}
+
 /// What the [`ViewCollector`] reads.
 pub trait SampleSource: Send + Sync + std::fmt::Debug {
     /// The samples now.

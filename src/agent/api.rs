@@ -37,6 +37,8 @@ pub struct ApiState {
     pub metrics: AgentMetrics,
     /// The effective configuration, as served.
     pub config: Arc<Value>,
+    /// The Docker runtime, when this agent has one.
+    pub docker: Option<crate::docker::DockerRuntime>,
 }
 
 /// Longest silence of the runtime's heartbeat before `/healthz` fails.
@@ -44,9 +46,12 @@ pub const MAX_HEARTBEAT_SILENCE: Duration = Duration::from_secs(30);
 
 /// The agent's routes.
 pub fn router(state: ApiState, access: AccessPolicy, request_timeout: Duration) -> Router {
-    let sensitive = Router::new().route("/v1/host/config", get(config)).route_layer(
-        axum::middleware::from_fn(move |req, next| http::require_access(access.clone(), req, next)),
-    );
+    let sensitive = Router::new()
+        .route("/v1/host/config", get(config))
+        .route("/api/v1/containers/{id}/logs", get(super::containers::logs))
+        .route_layer(axum::middleware::from_fn(move |req, next| {
+            http::require_access(access.clone(), req, next)
+        }));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -56,6 +61,9 @@ pub fn router(state: ApiState, access: AccessPolicy, request_timeout: Duration) 
         .route("/v1/instances", get(instances))
         .route("/v1/instances/{id}", get(instance))
         .route("/v1/healthchecks", get(healthchecks))
+        .route("/api/v1/containers/health", get(super::containers::all_health))
+        .route("/api/v1/containers/{id}/health", get(super::containers::one_health))
+        .route("/api/v1/containers/{id}/stats", get(super::containers::one_stats))
         .merge(sensitive)
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
@@ -93,6 +101,9 @@ async fn metrics_text(State(s): State<ApiState>) -> Response {
     match metrics::encode(&s.registry) {
         Ok(mut text) => {
             s.view.encode(&mut text);
+            if let Some(docker) = &s.docker {
+                docker.encode_metrics(&mut text);
+            }
             http::prometheus_text(text)
         }
         Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")),

@@ -4,6 +4,7 @@
 //! unready and unhealthy, and exits non-zero: a silently dead reporter must not look alive.
 
 pub mod api;
+mod containers;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::cli::AgentArgs;
+use crate::docker::{DockerRuntime, RestartContainer, StatsConfig};
 use crate::engine::clock::SystemClock;
 use crate::engine::planner::{self, NodeInfo, Sources};
 use crate::engine::remediation::{ExecAction, Executors};
@@ -69,6 +71,12 @@ pub struct AgentConfig {
     pub api_token_file: Option<PathBuf>,
     /// HTTP server limits.
     pub server: ServerConfig,
+    /// Docker: the socket, or `None` without a Docker runtime.
+    pub docker_socket: Option<String>,
+    /// Container stats sampling period, seconds.
+    pub docker_stats_interval_seconds: f64,
+    /// Stop timeout of the `restartContainer` action, seconds.
+    pub container_stop_timeout_seconds: u64,
     /// vigil's version.
     pub version: &'static str,
 }
@@ -115,6 +123,9 @@ pub enum AgentError {
     /// The probe threads could not be started.
     #[error("cannot start the probe threads")]
     ProbeThreads(#[source] std::io::Error),
+    /// The Docker runtime could not be set up.
+    #[error(transparent)]
+    Docker(#[from] crate::docker::DockerError),
     /// Metrics could not be registered.
     #[error("cannot register metrics")]
     Metrics(#[source] prometheus::Error),
@@ -147,7 +158,17 @@ impl AgentConfig {
             memory_pressure_mb,
             disk_pressure_percent,
             api_token_file,
+            docker_socket,
+            no_docker,
+            docker_stats_interval,
+            container_stop_timeout,
         } = args;
+        let default_socket = "/var/run/docker.sock";
+        let docker_socket = match (no_docker, docker_socket) {
+            (true, _) => None,
+            (false, Some(socket)) => Some(socket),
+            (false, None) => std::path::Path::new(default_socket).exists().then(|| default_socket.to_owned()),
+        };
         let node_name = node_name.unwrap_or_else(|| {
             host::figures().map(|f| f.hostname).unwrap_or_else(|_| "localhost".to_owned())
         });
@@ -174,6 +195,9 @@ impl AgentConfig {
             },
             api_token_file,
             server: ServerConfig::default(),
+            docker_socket,
+            docker_stats_interval_seconds: docker_stats_interval.as_secs_f64(),
+            container_stop_timeout_seconds: container_stop_timeout.as_secs(),
             version: env!("CARGO_PKG_VERSION"),
         }
     }
@@ -192,6 +216,7 @@ struct Reconciler {
     health: Arc<Health>,
     metrics: AgentMetrics,
     reported: BTreeSet<String>,
+    docker: Option<DockerRuntime>,
 }
 
 impl Reconciler {
@@ -219,8 +244,19 @@ impl Reconciler {
     }
 
     fn replan(&mut self) {
-        let discovered = [Instance::host(&self.node.name)];
-        let plan = planner::plan(&self.node, &self.catalog.running(), &discovered, Sources::default());
+        let mut discovered = vec![Instance::host(&self.node.name)];
+        if let Some(docker) = &self.docker {
+            discovered.extend(docker.instances(&self.node.name));
+            let daemon = docker.daemon();
+            let problems = if daemon.reachable {
+                Vec::new()
+            } else {
+                vec![format!("Docker daemon at {} unreachable: {}", docker.socket(), daemon.message)]
+            };
+            self.health.set("docker", problems);
+        }
+        let sources = Sources { containers: self.docker.is_some(), ..Sources::default() };
+        let plan = planner::plan(&self.node, &self.catalog.running(), &discovered, sources);
         self.scheduler.apply(plan);
     }
 }
@@ -254,10 +290,21 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let watched = vec![PathBuf::from("/"), config.state_dir.clone()];
     store.set_host_health(host::assess(&config.pressure, &watched));
 
-    let executors = Executors { exec: Some(Arc::new(ExecAction)), ..Executors::default() };
+    let docker = match &config.docker_socket {
+        Some(socket) => {
+            Some(DockerRuntime::connect(socket, Duration::from_secs(config.container_stop_timeout_seconds))?)
+        }
+        None => None,
+    };
+    let mut prober = Prober::new();
+    let mut executors = Executors { exec: Some(Arc::new(ExecAction)), ..Executors::default() };
+    if let Some(docker) = &docker {
+        prober = prober.with_containers(Arc::new(docker.clone()));
+        executors.container = Some(Arc::new(RestartContainer(docker.clone())));
+    }
     let scheduler = Scheduler::new(
         store.clone(),
-        Prober::new(),
+        prober,
         executors,
         SchedulerConfig {
             max_concurrent_probes: config.scheduler.max_concurrent_probes,
@@ -275,6 +322,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         health: health.clone(),
         metrics: metrics.clone(),
         reported: BTreeSet::new(),
+        docker: docker.clone(),
     };
     let snapshot = folder::load(&config.checks_dir)?;
     reconciler.apply(snapshot);
@@ -299,6 +347,21 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         cancel.clone(),
     ));
 
+    if let Some(docker) = &docker {
+        let (d, c) = (docker.clone(), cancel.clone());
+        tasks.spawn(async move {
+            crate::docker::watch(d, c).await;
+            ("docker watcher", Ok(()))
+        });
+        let (d, c) = (docker.clone(), cancel.clone());
+        let stats = StatsConfig { interval: secs(config.docker_stats_interval_seconds), concurrency: 16 };
+        tasks.spawn(async move {
+            crate::docker::stats::collect(d, stats, c).await;
+            ("container stats", Ok(()))
+        });
+    }
+    let mut inventory_changed = docker.as_ref().map(DockerRuntime::subscribe);
+
     {
         let cancel = cancel.clone();
         let health = health.clone();
@@ -306,6 +369,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => break,
+                    Some(Ok(())) = async {
+                        match &mut inventory_changed {
+                            Some(rx) => Some(rx.changed().await),
+                            None => None,
+                        }
+                    } => reconciler.replan(),
                     got = snapshots.recv() => match got {
                         Some(Ok(snapshot)) => {
                             health.set("checks folder", Vec::new());
@@ -387,6 +456,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             view,
             metrics: metrics.clone(),
             config: Arc::new(config_json),
+            docker: docker.clone(),
         };
         let router = api::router(state, AccessPolicy { token }, config.server.request_timeout);
         let server = config.server;

@@ -72,7 +72,8 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
                 check: check.clone(),
                 instance_id: instance.id.clone(),
                 target: if wants_env { with_env(target, instance) } else { target },
-                suspended: check.suspend,
+                // Paused or stopped by its owner: nothing to judge, nothing to restart.
+                suspended: check.suspend || instance.on_hold.is_some(),
             });
         };
         match &check.target {
@@ -89,6 +90,7 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
                         port: ep.port,
                         policy: AddressPolicy { allow_link_local: *allow_link_local },
                         env: Vec::new(),
+                        container: None,
                     };
                     assign(&instance, target);
                     instances.entry(instance.id.clone()).or_insert(instance);
@@ -109,9 +111,13 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
                     );
                     continue;
                 }
+                // `docker`, `qmp` and `exec` go through the runtime; network probes need an
+                // address, which a stopped workload does not have: they judge it by the runtime's
+                // view instead (the prober says it is not running).
                 for i in discovered.iter().filter(|i| i.kind == kind && sel.matches(&i.name, &i.labels)) {
-                    let Some(address) = &i.address else { continue };
-                    assign(i, Target::new(address.clone()));
+                    let mut target = Target::new(i.address.clone().unwrap_or_default());
+                    target.container = i.runtime_id.clone();
+                    assign(i, target);
                 }
             }
             TargetDef::Pods { selector } => {

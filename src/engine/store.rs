@@ -202,6 +202,9 @@ struct InstanceEntry {
     restart_count: u32,
     /// Check results read back from the state folder, waiting for their check to attach.
     restored_checks: BTreeMap<String, CheckResult>,
+    /// The instance's own System and Attached-volume details, with their `impairedSince`.
+    own_system: Vec<Detail>,
+    own_volumes: Vec<Detail>,
 }
 
 #[derive(Debug)]
@@ -391,13 +394,15 @@ impl Store {
             inner.removed_instances.remove(&id);
             if let Some(entry) = inner.instances.get_mut(&id) {
                 if entry.instance != instance {
+                    entry.own_system = merge_details(&entry.own_system, instance.system.clone(), now);
+                    entry.own_volumes = merge_details(&entry.own_volumes, instance.volumes.clone(), now);
                     entry.instance = instance;
-                    inner.dirty_instances.insert(id);
+                    inner.dirty_instances.insert(id.clone());
+                    self.update_status_metrics(&mut inner, &id);
                 }
                 continue;
             }
             let mut entry = InstanceEntry {
-                instance,
                 touched: false,
                 failed: [false; 3],
                 first_seen: now,
@@ -405,6 +410,9 @@ impl Store {
                 history: VecDeque::new(),
                 restart_count: 0,
                 restored_checks: BTreeMap::new(),
+                own_system: merge_details(&[], instance.system.clone(), now),
+                own_volumes: merge_details(&[], instance.volumes.clone(), now),
+                instance,
             };
             if let Some(doc) = inner.restored.remove(&id) {
                 restore_entry(&mut entry, doc);
@@ -1107,10 +1115,10 @@ fn detail(d: &Detail) -> StatusDetail {
 /// The System, Instance and Attached-volume summaries of an instance.
 fn summaries(inner: &Inner, entry: &InstanceEntry) -> (StatusSummary, StatusSummary, StatusSummary) {
     let kind = entry.instance.kind;
-    let system =
-        if uses_host_details(kind) { inner.host_system.iter().map(detail).collect() } else { Vec::new() };
-    let volumes =
-        if kind == InstanceKind::Host { inner.host_volumes.iter().map(detail).collect() } else { Vec::new() };
+    let host_system: &[Detail] = if uses_host_details(kind) { &inner.host_system } else { &[] };
+    let system = host_system.iter().chain(&entry.own_system).map(detail).collect();
+    let volumes = if kind == InstanceKind::Host { &inner.host_volumes } else { &entry.own_volumes };
+    let volumes = volumes.iter().map(detail).collect();
     let instance = entry
         .checks
         .iter()

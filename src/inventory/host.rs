@@ -125,7 +125,8 @@ pub struct Observation {
 }
 
 impl Observation {
-    fn new(name: impl Into<String>, status: CheckStatus, message: impl Into<String>) -> Observation {
+    /// An observation.
+    pub fn new(name: impl Into<String>, status: CheckStatus, message: impl Into<String>) -> Observation {
         Observation { name: name.into(), status, message: message.into() }
     }
 }

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use crate::api::{InstanceKind, InstanceState};
 
+pub use host::Observation;
+
 /// Resources an instance claims from the host (vCPUs and memory of a VM, a container's limits).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Claimed {
@@ -37,6 +39,16 @@ pub struct Instance {
     pub state: InstanceState,
     /// Resources claimed, for the host's `used_cpus` / `used_memory_mb`.
     pub claimed: Option<Claimed>,
+    /// The runtime's own handle (a Docker container id), for probes and actions that go through
+    /// the runtime rather than the network.
+    pub runtime_id: Option<String>,
+    /// Why the instance is deliberately out of service (paused or stopped by its owner): its
+    /// checks are `not-applicable` and nothing is restarted.
+    pub on_hold: Option<String>,
+    /// The instance's own part of its System check (its runtime reachable…), beside the host's.
+    pub system: Vec<Observation>,
+    /// Its Attached-volume observations (for the host they come from the host assessment).
+    pub volumes: Vec<Observation>,
 }
 
 impl Instance {
@@ -51,6 +63,10 @@ impl Instance {
             labels: BTreeMap::new(),
             state: InstanceState::Running,
             claimed: None,
+            runtime_id: None,
+            on_hold: None,
+            system: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 
@@ -65,6 +81,10 @@ impl Instance {
             labels: BTreeMap::new(),
             state: InstanceState::Unknown,
             claimed: None,
+            runtime_id: None,
+            on_hold: None,
+            system: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 }

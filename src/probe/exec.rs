@@ -93,24 +93,24 @@ pub enum RunError {
 pub(crate) async fn probe(spec: &ExecSpec, target: &Target, timeout: Duration, trace: &mut Trace) -> Outcome {
     match run(&spec.command, &target.env, timeout, trace).await {
         Err(e) => Outcome::unknown(e.to_string()),
-        Ok(finished) => {
-            let output = finished.output_text();
-            let with_output =
-                |head: String| if output.is_empty() { head } else { format!("{head}: {output}") };
-            match finished.exit {
-                Exit::Code(0) => Outcome::healthy(with_output("exit code 0".to_owned())),
-                Exit::Code(code) => {
-                    Outcome::unhealthy(Reason::ExitCode, with_output(format!("exit code {code}")))
-                }
-                Exit::Signal(sig) => {
-                    Outcome::unhealthy(Reason::Signal, with_output(format!("killed by signal {sig}")))
-                }
-                Exit::TimedOut => Outcome::unhealthy(
-                    Reason::Timeout,
-                    with_output(format!("still running after {}; process group killed", human(timeout))),
-                ),
-            }
+        Ok(finished) => judge(&finished, timeout, "process group killed"),
+    }
+}
+
+/// The outcome of a finished command; `on_timeout` says what was done about one still running.
+pub fn judge(finished: &Finished, timeout: Duration, on_timeout: &str) -> Outcome {
+    let output = finished.output_text();
+    let with_output = |head: String| if output.is_empty() { head } else { format!("{head}: {output}") };
+    match finished.exit {
+        Exit::Code(0) => Outcome::healthy(with_output("exit code 0".to_owned())),
+        Exit::Code(code) => Outcome::unhealthy(Reason::ExitCode, with_output(format!("exit code {code}"))),
+        Exit::Signal(sig) => {
+            Outcome::unhealthy(Reason::Signal, with_output(format!("killed by signal {sig}")))
         }
+        Exit::TimedOut => Outcome::unhealthy(
+            Reason::Timeout,
+            with_output(format!("still running after {}; {on_timeout}", human(timeout))),
+        ),
     }
 }
 

@@ -12,6 +12,8 @@ pub mod tcp;
 mod tls;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -316,21 +318,45 @@ pub struct Target {
     pub policy: AddressPolicy,
     /// Extra environment for `exec` probes (`VIGIL_INSTANCE_ID`…).
     pub env: Vec<(String, String)>,
+    /// The container, for probes that go through the container runtime (`docker`, and `exec`
+    /// inside the container).
+    pub container: Option<String>,
 }
 
 impl Target {
     /// A target at `host`, with the default address policy.
     pub fn new(host: impl Into<String>) -> Target {
-        Target { host: host.into(), port: None, policy: AddressPolicy::default(), env: Vec::new() }
+        Target {
+            host: host.into(),
+            port: None,
+            policy: AddressPolicy::default(),
+            env: Vec::new(),
+            container: None,
+        }
     }
 }
 
-/// Runs probes. Holds only what is expensive to build and never changes (TLS configurations);
-/// every probe is independent.
+/// A boxed probe outcome.
+pub type OutcomeFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+
+/// What probes of containers need from the container runtime (Docker). Behind a trait so that
+/// an agent without a runtime still runs, and the engine is testable without a daemon.
+pub trait ContainerRuntime: Send + Sync + fmt::Debug {
+    /// The container's own verdict: its HEALTHCHECK state, or its run state when it has none.
+    fn health(&self, container: &str) -> Outcome;
+    /// Why a network probe cannot reach the container (it has no address); `None` when it can.
+    fn unreachable(&self, container: &str) -> Option<Outcome>;
+    /// Runs a command inside the container; it must end within `timeout`.
+    fn exec<'a>(&'a self, container: &'a str, command: &'a [String], timeout: Duration) -> OutcomeFuture<'a>;
+}
+
+/// Runs probes. Holds only what is expensive to build and never changes (TLS configurations,
+/// the container runtime); every probe is independent.
 #[derive(Clone, Debug)]
 pub struct Prober {
     tls: Arc<tls::TlsConfigs>,
     user_agent: ::http::HeaderValue,
+    containers: Option<Arc<dyn ContainerRuntime>>,
 }
 
 impl Prober {
@@ -339,7 +365,14 @@ impl Prober {
         Prober {
             tls: Arc::new(tls::TlsConfigs::load()),
             user_agent: ::http::HeaderValue::from_static(concat!("vigil/", env!("CARGO_PKG_VERSION"))),
+            containers: None,
         }
+    }
+
+    /// This prober, with a container runtime for `docker` probes and `exec` inside containers.
+    pub fn with_containers(mut self, runtime: Arc<dyn ContainerRuntime>) -> Prober {
+        self.containers = Some(runtime);
+        self
     }
 
     /// Runs one probe against `target` within `timeout`.
@@ -347,9 +380,33 @@ impl Prober {
         let mut trace = Trace::new(trace);
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
-        let outcome = match spec {
-            // The exec prober enforces its own deadline: it must kill the process group.
-            ProbeSpec::Exec(exec) => exec::probe(exec, target, timeout, &mut trace).await,
+        let runtime = || {
+            self.containers.as_ref().ok_or_else(|| {
+                Outcome::unknown("this agent has no Docker runtime (see --docker-socket)".to_owned())
+            })
+        };
+        let outcome = match (spec, &target.container) {
+            // In the container: the runtime enforces the deadline.
+            (ProbeSpec::Exec(exec), Some(container)) => match runtime() {
+                Ok(rt) => rt.exec(container, &exec.command, timeout).await,
+                Err(outcome) => outcome,
+            },
+            // On the host: the exec prober enforces its own deadline, it must kill the process
+            // group.
+            (ProbeSpec::Exec(exec), None) => exec::probe(exec, target, timeout, &mut trace).await,
+            (ProbeSpec::Docker, Some(container)) => match runtime() {
+                Ok(rt) => rt.health(container),
+                Err(outcome) => outcome,
+            },
+            (ProbeSpec::Docker, None) => {
+                Outcome::unknown("the docker probe applies to containers targets only")
+            }
+            (_, Some(container)) if target.host.is_empty() => match runtime() {
+                Ok(rt) => rt
+                    .unreachable(container)
+                    .unwrap_or_else(|| Outcome::unknown("the container has no IP address to probe")),
+                Err(outcome) => outcome,
+            },
             _ => match tokio::time::timeout_at(deadline, self.run_network(spec, target, &mut trace)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Outcome::unhealthy(Reason::Timeout, format!("no answer within {}", human(timeout))),
@@ -363,10 +420,9 @@ impl Prober {
             ProbeSpec::Http(http) => http::probe(http, target, &self.tls, &self.user_agent, trace).await,
             ProbeSpec::Tcp(tcp) => tcp::probe(tcp, target, trace).await,
             ProbeSpec::Grpc(grpc) => grpc::probe(grpc, target, &self.tls, &self.user_agent, trace).await,
-            ProbeSpec::Exec(_) => Outcome::unknown("internal error: exec probe on the network path"),
-            ProbeSpec::Docker => Outcome::unknown(
-                "the docker probe needs the Docker runtime, which this agent does not have yet",
-            ),
+            ProbeSpec::Exec(_) | ProbeSpec::Docker => {
+                Outcome::unknown("internal error: a runtime probe on the network path")
+            }
             ProbeSpec::Qmp(_) => {
                 Outcome::unknown("the qmp probe needs the QEMU runtime, which this agent does not have yet")
             }

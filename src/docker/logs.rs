@@ -1,0 +1,254 @@
+//! Container logs as lines. The Engine sends output in frames (8-byte headers naming the stream,
+//! decoded by bollard); a frame is not a line: a line can span frames (Docker cuts lines longer
+//! than 16 KiB, and each piece carries its own timestamp) and a frame can hold several lines.
+//! [`LineSplitter`] puts lines back together, per stream.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::query_parameters::LogsOptionsBuilder;
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+
+use super::engine_message;
+
+/// One log line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LogLine {
+    /// When Docker received it (RFC 3339), when known.
+    pub timestamp: Option<String>,
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    /// The line, without its newline.
+    pub message: String,
+}
+
+/// Which output a frame belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Standard output (also a TTY's output).
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Output {
+    fn name(self) -> &'static str {
+        match self {
+            Output::Stdout => "stdout",
+            Output::Stderr => "stderr",
+        }
+    }
+}
+
+/// Lines longer than this are cut (the rest follows as further lines).
+pub const MAX_LINE: usize = 256 * 1024;
+
+#[derive(Debug, Default)]
+struct Partial {
+    timestamp: Option<String>,
+    bytes: Vec<u8>,
+}
+
+/// Reassembles lines from frames, one partial line per stream. Frames carry timestamps at the
+/// start of each piece when asked for (`timestamps=true`).
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    partial: [Partial; 2],
+    timestamps: bool,
+}
+
+impl LineSplitter {
+    /// A splitter for frames with (`timestamps`) or without timestamps.
+    pub fn new(timestamps: bool) -> LineSplitter {
+        LineSplitter { partial: Default::default(), timestamps }
+    }
+
+    /// Takes one frame; complete lines go to `out`.
+    pub fn push(&mut self, output: Output, mut frame: &[u8], out: &mut VecDeque<LogLine>) {
+        let timestamps = self.timestamps;
+        let partial = &mut self.partial[output as usize];
+        // Every piece Docker sends starts with its timestamp; the first piece of a line gives
+        // the line's, the others are dropped.
+        let mut piece_start = true;
+        while !frame.is_empty() {
+            if timestamps && piece_start {
+                let (ts, rest) = split_timestamp(frame);
+                if partial.timestamp.is_none() {
+                    partial.timestamp = ts;
+                }
+                frame = rest;
+            }
+            match frame.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    partial.bytes.extend_from_slice(&frame[..end]);
+                    out.push_back(take_line(partial, output));
+                    frame = &frame[end + 1..];
+                    piece_start = true;
+                }
+                None => {
+                    partial.bytes.extend_from_slice(frame);
+                    if partial.bytes.len() >= MAX_LINE {
+                        out.push_back(take_line(partial, output));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Flushes lines that never got their newline (the stream ended).
+    pub fn finish(&mut self, out: &mut VecDeque<LogLine>) {
+        for (i, output) in [Output::Stdout, Output::Stderr].into_iter().enumerate() {
+            let partial = &mut self.partial[i];
+            if !partial.bytes.is_empty() {
+                out.push_back(take_line(partial, output));
+            }
+        }
+    }
+}
+
+fn take_line(partial: &mut Partial, output: Output) -> LogLine {
+    let mut bytes = std::mem::take(&mut partial.bytes);
+    if bytes.last() == Some(&b'\r') {
+        bytes.pop();
+    }
+    LogLine {
+        timestamp: partial.timestamp.take(),
+        stream: output.name(),
+        message: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// `2026-11-22T10:00:00.123456789Z rest` → (timestamp, rest). Without a timestamp, nothing is
+/// taken.
+fn split_timestamp(frame: &[u8]) -> (Option<String>, &[u8]) {
+    if let Some(space) = frame.iter().take(40).position(|&b| b == b' ')
+        && let Ok(text) = std::str::from_utf8(&frame[..space])
+        && text.parse::<jiff::Timestamp>().is_ok()
+    {
+        return (Some(text.to_owned()), &frame[space + 1..]);
+    }
+    (None, frame)
+}
+
+/// A stream of log lines; ends when the container stops (with `follow`) or the logs are read.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogLine, String>> + Send>>;
+
+/// The last `tail` lines (all without), then, with `follow`, new lines as they come.
+pub fn stream(client: &Docker, id: &str, tail: Option<usize>, follow: bool) -> LogStream {
+    let options = LogsOptionsBuilder::default()
+        .follow(follow)
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true)
+        .tail(&tail.map_or_else(|| "all".to_owned(), |n| n.to_string()))
+        .build();
+    let frames = client.logs(id, Some(options)).boxed();
+    let state =
+        Lines { frames, splitter: LineSplitter::new(true), ready: VecDeque::new(), error: None, done: false };
+    futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(line) = s.ready.pop_front() {
+                return Some((Ok(line), s));
+            }
+            // The error, if any, after the lines that came before it.
+            if let Some(error) = s.error.take() {
+                return Some((Err(error), s));
+            }
+            if s.done {
+                return None;
+            }
+            match s.frames.next().await {
+                Some(Ok(frame)) => {
+                    let (output, bytes) = match frame {
+                        LogOutput::StdErr { message } => (Output::Stderr, message),
+                        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                            (Output::Stdout, message)
+                        }
+                        LogOutput::StdIn { .. } => continue,
+                    };
+                    s.splitter.push(output, &bytes, &mut s.ready);
+                }
+                Some(Err(e)) => {
+                    s.done = true;
+                    s.splitter.finish(&mut s.ready);
+                    s.error = Some(engine_message(&e));
+                }
+                None => {
+                    s.done = true;
+                    s.splitter.finish(&mut s.ready);
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+struct Lines {
+    frames: Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
+    splitter: LineSplitter,
+    ready: VecDeque<LogLine>,
+    error: Option<String>,
+    done: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(frames: &[(Output, &str)], timestamps: bool) -> Vec<(String, &'static str, Option<String>)> {
+        let mut s = LineSplitter::new(timestamps);
+        let mut out = VecDeque::new();
+        for (o, f) in frames {
+            s.push(*o, f.as_bytes(), &mut out);
+        }
+        s.finish(&mut out);
+        out.into_iter().map(|l| (l.message, l.stream, l.timestamp)).collect()
+    }
+
+    #[test]
+    fn lines_span_frames_and_frames_hold_lines() {
+        let got = lines(
+            &[
+                (Output::Stdout, "one\ntw"),
+                (Output::Stderr, "err "),
+                (Output::Stdout, "o\nthree"),
+                (Output::Stderr, "line\n"),
+                (Output::Stdout, "\n"),
+                (Output::Stdout, "tail without newline"),
+            ],
+            false,
+        );
+        let messages: Vec<_> = got.iter().map(|(m, s, _)| (m.as_str(), *s)).collect();
+        assert_eq!(
+            messages,
+            [
+                ("one", "stdout"),
+                ("two", "stdout"),
+                ("err line", "stderr"),
+                ("three", "stdout"),
+                ("tail without newline", "stdout")
+            ]
+        );
+    }
+
+    #[test]
+    fn pieces_of_a_long_line_lose_their_own_timestamps() {
+        let got = lines(
+            &[
+                (Output::Stdout, "2026-11-22T10:00:00.000000001Z aaaa"),
+                (Output::Stdout, "2026-11-22T10:00:00.000000002Z bbbb"),
+                (Output::Stdout, "2026-11-22T10:00:00.000000003Z cc\n2026-11-22T10:00:01Z next\n"),
+            ],
+            true,
+        );
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, "aaaabbbbcc");
+        assert_eq!(got[0].2.as_deref(), Some("2026-11-22T10:00:00.000000001Z"));
+        assert_eq!(got[1].0, "next");
+        assert_eq!(got[1].2.as_deref(), Some("2026-11-22T10:00:01Z"));
+    }
+}
