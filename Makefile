@@ -9,9 +9,11 @@ export PATH := $(CURDIR)/target/tools/bin:$(PATH)
 run:
 	$(CARGO) run --release -- agent --checks-dir examples/standalone --state-dir target/state
 
-## test: everything, after making sure the tools the tests use are here
+## test: everything, after making sure the tools and the Docker engine the tests use are here;
+## an engine started for the tests is stopped afterwards (one that was already running is left alone)
 test: test-deps
-	$(CARGO) test --locked
+	tests/fixtures/docker-engine.sh ensure
+	$(CARGO) test --locked; status=$$?; tests/fixtures/docker-engine.sh down; exit $$status
 
 test-deps:
 	tests/fixtures/tools.sh

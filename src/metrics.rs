@@ -367,17 +367,20 @@ fn push_series(out: &mut String, name: &str, suffix: &str, names: &[&str], value
     use std::fmt::Write;
     out.push_str(name);
     out.push_str(suffix);
-    out.push('{');
-    for (i, (n, v)) in names.iter().zip(values).enumerate() {
-        if i > 0 {
-            out.push(',');
+    if !names.is_empty() {
+        out.push('{');
+        for (i, (n, v)) in names.iter().zip(values).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(n);
+            out.push_str("=\"");
+            push_escaped(out, v);
+            out.push('"');
         }
-        out.push_str(n);
-        out.push_str("=\"");
-        push_escaped(out, v);
-        out.push('"');
+        out.push('}');
     }
-    out.push_str("} ");
+    out.push(' ');
     if value.is_infinite() {
         out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
     } else {

@@ -504,27 +504,7 @@ fn metrics_pass_promtool_and_series_leave_with_their_check() {
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin/promtool");
-    let promtool = if local.exists() { local.display().to_string() } else { "promtool".to_owned() };
-    let promtool = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("promtool is needed (Debian's prometheus package; `make test` installs it): {e}")
-        });
-    let mut promtool = promtool;
-    use std::io::Write;
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::agent::promtool_check(&text);
 
     agent.remove_check("web.yaml");
     let deadline = Instant::now() + WAIT;

@@ -138,15 +138,62 @@ fn split_timestamp(frame: &[u8]) -> (Option<String>, &[u8]) {
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogLine, String>> + Send>>;
 
 /// The last `tail` lines (all without), then, with `follow`, new lines as they come.
+///
+/// Docker's own `tail` counts log entries, and a line longer than 16 KiB is several entries: to
+/// give exactly the last `tail` lines, the history is read first with a growing entry count
+/// until it holds that many lines, and the lines before them are skipped.
 pub fn stream(client: &Docker, id: &str, tail: Option<usize>, follow: bool) -> LogStream {
-    let options = LogsOptionsBuilder::default()
+    let (client, id) = (client.clone(), id.to_owned());
+    let plan = async move {
+        let (entries, skip) = match tail {
+            None => (None, 0),
+            Some(n) => match entries_for(&client, &id, n).await {
+                Ok((entries, lines)) => (Some(entries), lines.saturating_sub(n)),
+                Err(e) => return futures_util::stream::iter([Err(e)]).boxed(),
+            },
+        };
+        lines(&client, &id, entries, follow).skip(skip).boxed()
+    };
+    futures_util::stream::once(plan).flatten().boxed()
+}
+
+/// How many entries hold the last `n` lines, and how many lines those entries make.
+async fn entries_for(client: &Docker, id: &str, n: usize) -> Result<(usize, usize), String> {
+    let mut entries = n.max(1);
+    loop {
+        let mut frames = client.logs(id, Some(options(Some(entries), false)));
+        let (mut splitter, mut out, mut seen) = (LineSplitter::new(true), VecDeque::new(), 0usize);
+        while let Some(frame) = frames.next().await {
+            let frame = frame.map_err(|e| engine_message(&e))?;
+            seen += 1;
+            if let LogOutput::StdErr { message } = &frame {
+                splitter.push(Output::Stderr, message, &mut out);
+            } else if let LogOutput::StdOut { message } | LogOutput::Console { message } = &frame {
+                splitter.push(Output::Stdout, message, &mut out);
+            }
+        }
+        splitter.finish(&mut out);
+        // Enough lines, or the whole history is in.
+        if n == 0 || out.len() >= n || seen < entries {
+            return Ok((entries, out.len()));
+        }
+        entries = entries.saturating_mul(2);
+    }
+}
+
+fn options(tail: Option<usize>, follow: bool) -> bollard::query_parameters::LogsOptions {
+    LogsOptionsBuilder::default()
         .follow(follow)
         .stdout(true)
         .stderr(true)
         .timestamps(true)
         .tail(&tail.map_or_else(|| "all".to_owned(), |n| n.to_string()))
-        .build();
-    let frames = client.logs(id, Some(options)).boxed();
+        .build()
+}
+
+/// Lines of the last `entries` log entries (all without), then new ones with `follow`.
+fn lines(client: &Docker, id: &str, entries: Option<usize>, follow: bool) -> LogStream {
+    let frames = client.logs(id, Some(options(entries, follow))).boxed();
     let state =
         Lines { frames, splitter: LineSplitter::new(true), ready: VecDeque::new(), error: None, done: false };
     futures_util::stream::unfold(state, |mut s| async move {

@@ -272,6 +272,8 @@ pub struct DockerRuntime {
     changed: Arc<tokio_watch::Sender<u64>>,
     /// The agent's main runtime, where every Engine API call runs.
     handle: Handle,
+    /// Containers vigil is restarting: their `stop` and `kill` events are not their owner's.
+    restarting: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     stop_timeout: Duration,
 }
 
@@ -294,6 +296,7 @@ impl DockerRuntime {
             stats: Arc::default(),
             changed: Arc::new(tokio_watch::channel(0).0),
             handle: Handle::current(),
+            restarting: Arc::default(),
             stop_timeout,
         })
     }
@@ -398,6 +401,20 @@ impl DockerRuntime {
     /// Log lines of a container (see [`logs::stream`]).
     pub fn logs(&self, id: &str, tail: Option<usize>, follow: bool) -> logs::LogStream {
         logs::stream(&self.client, id, tail, follow)
+    }
+
+    /// Notes that vigil is restarting a container (until its `start` event), or no longer is.
+    fn mark_restarting(&self, id: &str, yes: bool) {
+        let mut set = self.restarting.lock().unwrap_or_else(|e| e.into_inner());
+        if yes {
+            set.insert(id.to_owned());
+        } else {
+            set.remove(id);
+        }
+    }
+
+    fn is_restarting(&self, id: &str) -> bool {
+        self.restarting.lock().unwrap_or_else(|e| e.into_inner()).contains(id)
     }
 
     /// Runs `f` on the agent's main runtime, where the client lives.
@@ -623,6 +640,7 @@ impl ActionExecutor for RestartContainer {
             }
             let client = docker.client.clone();
             let id = container.id.clone();
+            docker.mark_restarting(&id, true);
             let t = i32::try_from(docker.stop_timeout.as_secs()).unwrap_or(i32::MAX);
             let restarted = docker
                 .on_main(async move {
@@ -632,6 +650,9 @@ impl ActionExecutor for RestartContainer {
                 })
                 .await
                 .map_err(|e| ActionError::Failed(format!("internal error: {e}")))?;
+            if restarted.is_err() {
+                docker.mark_restarting(&container.id, false);
+            }
             match restarted {
                 Ok(()) => Ok(format!("restarted container {} (stop timeout {t}s)", container.name)),
                 Err(e) => {

@@ -188,36 +188,41 @@ fn sum_op(entries: &[ContainerBlkioStatEntry], op: &str) -> u64 {
 pub fn cgroup_io(root: &std::path::Path, id: &str) -> Option<(u64, u64)> {
     let v1 = root.join("blkio/docker").join(id).join("blkio.throttle.io_service_bytes");
     if let Ok(text) = std::fs::read_to_string(v1) {
-        return Some(parse_blkio_v1(&text));
+        return parse_blkio_v1(&text);
     }
     for dir in [format!("system.slice/docker-{id}.scope"), format!("docker/{id}")] {
         if let Ok(text) = std::fs::read_to_string(root.join(dir).join("io.stat")) {
-            return Some(parse_io_stat(&text));
+            return parse_io_stat(&text);
         }
     }
     None
 }
 
-/// `8:0 Read 4096` lines; device totals only (the `Total` lines are per device too).
-pub fn parse_blkio_v1(text: &str) -> (u64, u64) {
-    let (mut read, mut write) = (0, 0);
+/// `8:0 Read 4096` lines. A file with no device line (only `Total 0`: the disk is not
+/// accounted, as on some VMs) has no figure.
+pub fn parse_blkio_v1(text: &str) -> Option<(u64, u64)> {
+    let (mut read, mut write, mut devices) = (0, 0, 0);
     for line in text.lines() {
         let mut parts = line.split_whitespace();
         let (Some(_dev), Some(op), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         let value: u64 = value.parse().unwrap_or(0);
+        devices += 1;
         match op {
             "Read" => read += value,
             "Write" => write += value,
             _ => {}
         }
     }
-    (read, write)
+    (devices > 0).then_some((read, write))
 }
 
-/// `8:0 rbytes=4096 wbytes=0 …` lines.
-pub fn parse_io_stat(text: &str) -> (u64, u64) {
+/// `8:0 rbytes=4096 wbytes=0 …` lines; an empty file has no figure.
+pub fn parse_io_stat(text: &str) -> Option<(u64, u64)> {
+    if text.trim().is_empty() {
+        return None;
+    }
     let (mut read, mut write) = (0, 0);
     for field in text.split_whitespace() {
         if let Some(v) = field.strip_prefix("rbytes=") {
@@ -226,23 +231,35 @@ pub fn parse_io_stat(text: &str) -> (u64, u64) {
             write += v.parse::<u64>().unwrap_or(0);
         }
     }
-    (read, write)
+    Some((read, write))
 }
 
 /// Samples every running container each `interval` until `cancel`; also looks at their mounts
 /// again (for the Attached-volume check).
 pub async fn collect(docker: DockerRuntime, config: StatsConfig, cancel: CancellationToken) {
     let cgroup_root = std::path::PathBuf::from("/sys/fs/cgroup");
-    let mut tick = tokio::time::interval(config.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A CPU percentage needs two samples: the first round after (re)connecting is taken twice,
+    // back to back.
+    let mut rounds = 0u64;
     loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
+        let wait = if !docker.daemon().reachable || !docker.synced() {
+            rounds = 0;
+            Duration::from_millis(250)
+        } else if rounds <= 1 {
+            Duration::ZERO
+        } else {
+            config.interval
+        };
+        if wait > Duration::ZERO {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
         }
-        if !docker.daemon().reachable {
+        if !docker.daemon().reachable || !docker.synced() {
             continue;
         }
+        rounds += 1;
         let running: Vec<String> =
             docker.containers().into_iter().filter(|c| c.state == RunState::Running).map(|c| c.id).collect();
         let samples: Vec<(String, Option<ContainerStatsResponse>)> = futures_util::stream::iter(running)
@@ -343,10 +360,12 @@ mod tests {
     #[test]
     fn cgroup_files_parse() {
         let v1 = "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Async 12288\n8:0 Total 12288\nTotal 12288\n";
-        assert_eq!(parse_blkio_v1(v1), (4096, 8192));
+        assert_eq!(parse_blkio_v1(v1), Some((4096, 8192)));
+        assert_eq!(parse_blkio_v1("Total 0\n"), None, "no device accounted: no figure");
         assert_eq!(
             parse_io_stat("8:0 rbytes=100 wbytes=200 rios=1 wios=2\n8:16 rbytes=1 wbytes=2\n"),
-            (101, 202)
+            Some((101, 202))
         );
+        assert_eq!(parse_io_stat(""), None);
     }
 }

@@ -129,7 +129,15 @@ fn effect(action: &str) -> Effect {
 async fn apply(docker: &DockerRuntime, event: EventMessage) {
     let action = event.action.unwrap_or_default();
     let Some(id) = event.actor.and_then(|a| a.id) else { return };
-    let effect = effect(&action);
+    let effect = match effect(&action) {
+        // vigil's own restart: the container is not its owner's to hold.
+        Effect::InspectStoppedByOwner if docker.is_restarting(&id) => Effect::Inspect,
+        Effect::InspectStarted => {
+            docker.mark_restarting(&id, false);
+            Effect::InspectStarted
+        }
+        other => other,
+    };
     debug!(container = %id, action, ?effect, "Docker event");
     match effect {
         Effect::None => {}

@@ -52,6 +52,8 @@ pub enum Decision {
         /// The window.
         window: Duration,
     },
+    /// An action on this target is still running.
+    InProgress,
     /// Too many targets of the check are impaired: a platform problem.
     MassFailure {
         /// Impaired targets.
@@ -69,6 +71,7 @@ impl Decision {
         match self {
             Decision::Act => None,
             Decision::Backoff { until } => Some(format!("backing off until {until}")),
+            Decision::InProgress => Some("an action on this target is still running".to_owned()),
             Decision::BudgetExhausted { count, window } => Some(format!(
                 "{count} actions within {}s (maxRestarts): leaving it alone until the window moves on",
                 window.as_secs()

@@ -353,25 +353,33 @@ async fn run_worker(
         }
         if let Some(request) = recorded.action {
             info!(check = %check.key, instance = %instance_id, action = request.kind.as_str(), reason = %request.reason, "taking action");
-            let result = shared.executors.execute(&request).await;
-            let (succeeded, message) = match result {
-                Ok(done) => (true, format!("{}: {done}", request.reason)),
-                Err(e) => {
-                    warn!(check = %check.key, instance = %instance_id, error = %e, "action failed");
-                    (false, format!("{}; action failed: {e}", request.reason))
+            // In a task of its own: a worker replaced while its action runs (the restart changed
+            // the target's address or state) must not cancel the action or lose its record.
+            let action = {
+                let (shared, check, instance_id) = (shared.clone(), check.clone(), instance_id.clone());
+                async move {
+                    let result = shared.executors.execute(&request).await;
+                    let (succeeded, message) = match result {
+                        Ok(done) => (true, format!("{}: {done}", request.reason)),
+                        Err(e) => {
+                            warn!(check = %check.key, instance = %instance_id, error = %e, "action failed");
+                            (false, format!("{}; action failed: {e}", request.reason))
+                        }
+                    };
+                    shared.store.record_action(
+                        &check.key,
+                        &instance_id,
+                        ActionRecord {
+                            at: shared.store.now(),
+                            check: check.key.clone(),
+                            action: request.kind.as_str().to_owned(),
+                            succeeded,
+                            message,
+                        },
+                    );
                 }
             };
-            shared.store.record_action(
-                &check.key,
-                &instance_id,
-                ActionRecord {
-                    at: shared.store.now(),
-                    check: check.key.clone(),
-                    action: request.kind.as_str().to_owned(),
-                    succeeded,
-                    message,
-                },
-            );
+            let _ = tokio::spawn(action).await;
             last_verdict = None;
             // Give the target its initial delay again before judging it.
             due = on_slot(epoch, slot(), Instant::now() + timing.initial_delay.max(timing.period));

@@ -205,6 +205,9 @@ struct InstanceEntry {
     /// The instance's own System and Attached-volume details, with their `impairedSince`.
     own_system: Vec<Detail>,
     own_volumes: Vec<Detail>,
+    /// An action decided on this instance has not finished: no other is started meanwhile
+    /// (another worker of the same instance, or this one replaced while it runs).
+    acting: bool,
 }
 
 #[derive(Debug)]
@@ -412,6 +415,7 @@ impl Store {
                 restored_checks: BTreeMap::new(),
                 own_system: merge_details(&[], instance.system.clone(), now),
                 own_volumes: merge_details(&[], instance.volumes.clone(), now),
+                acting: false,
                 instance,
             };
             if let Some(doc) = inner.restored.remove(&id) {
@@ -590,9 +594,12 @@ impl Store {
                         .unwrap_or_default();
                     remediation::decide(&def.policy, &history, now)
                 });
+            let acting = inner.instances.get(instance_id).is_some_and(|e| e.acting);
+            let decision = if decision == Decision::Act && acting { Decision::InProgress } else { decision };
             if decision == Decision::Act
-                && let Some(e) = inner.instances.get(instance_id)
+                && let Some(e) = inner.instances.get_mut(instance_id)
             {
+                e.acting = true;
                 action = Some(ActionRequest {
                     kind: def.kind,
                     check: check.key.clone(),
@@ -625,6 +632,7 @@ impl Store {
                 None => actions.push((action, record.succeeded, 1)),
             }
         }
+        entry.acting = false;
         entry.restart_count = entry.restart_count.saturating_add(1);
         entry.history.push_back(record);
         while entry.history.len() > HISTORY_LIMIT {

@@ -48,8 +48,13 @@ impl Agent {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        // Containers of the machine's Docker engine are not these tests' business unless a test
+        // names a socket.
+        let docker: &[&str] =
+            if self.extra.iter().any(|a| a == "--docker-socket") { &[] } else { &["--no-docker"] };
         let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(["agent", "--node-name", "test-node", "--host-interval", "1s", "--rescan-interval", "2s"])
+            .args(docker)
             .arg("--checks-dir")
             .arg(&self.checks)
             .arg("--state-dir")
@@ -255,4 +260,27 @@ fn dechunk(mut body: &str) -> String {
         body = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// `promtool check metrics` on `text`; fails the test with promtool's words when it objects.
+pub fn promtool_check(text: &str) {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin/promtool");
+    let promtool = if local.exists() { local.display().to_string() } else { "promtool".to_owned() };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool is needed (Debian's prometheus package; `make test` installs it): {e}")
+        });
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

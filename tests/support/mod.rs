@@ -3,5 +3,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod agent;
+pub mod docker;
 pub mod schema;
 pub mod servers;
