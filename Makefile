@@ -3,7 +3,7 @@
 CARGO ?= cargo
 export PATH := $(CURDIR)/target/tools/bin:$(PATH)
 
-.PHONY: run test test-deps bench crds lint fmt
+.PHONY: run test test-deps bench bench-docker crds lint fmt
 
 ## run: the standalone agent on this machine, with examples/standalone (API on 127.0.0.1:9733)
 run:
@@ -22,6 +22,11 @@ test-deps:
 bench:
 	tests/fixtures/tools.sh bench
 	$(CARGO) bench --locked --bench scale
+
+## bench-docker: container summary latency and agent CPU with 50 running containers (not a test)
+bench-docker:
+	tests/fixtures/docker-engine.sh ensure
+	$(CARGO) bench --locked --bench containers; status=$$?; tests/fixtures/docker-engine.sh down; exit $$status
 
 ## crds: regenerate crds/ from the Rust types
 crds:

@@ -240,7 +240,16 @@ fn run_agent(nginx: &Nginx, kind: &str, n: usize, window: Duration) -> Row {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
     let mut agent = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["agent", "--node-name", "bench", "--log-level", "warn", "--listen", &addr.to_string()])
+        .args([
+            "agent",
+            "--node-name",
+            "bench",
+            "--log-level",
+            "warn",
+            "--no-docker",
+            "--listen",
+            &addr.to_string(),
+        ])
         .arg("--checks-dir")
         .arg(&checks)
         .arg("--state-dir")

@@ -400,3 +400,105 @@ fn a_dead_daemon_is_insufficient_data_and_never_a_restart() {
     assert!(!agent.logs().contains("taking action"), "{}", agent.logs());
     drop(c);
 }
+
+#[test]
+fn exec_and_network_probes_reach_the_container_and_mounts_are_watched() {
+    let socket = engine();
+    let name = format!("vigil-t-probes-{}", std::process::id());
+    let data = tempfile::tempdir().unwrap();
+    let mount = format!("{}:/data:ro", data.path().display());
+    let c = TestContainer::run(
+        socket,
+        &name,
+        &["--label", "vigil.case=probes", "-v", &mount],
+        "mkdir -p /www && echo ok > /www/healthz && exec httpd -f -p 8080 -h /www",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_on(dir.path(), socket, &["--docker-stats-interval", "1s"]);
+    agent.write_check(
+        "c.yaml",
+        &[
+            container_check("inside", "probes", "    exec:\n      command: [sh, -c, 'test -f /www/healthz']\n    periodSeconds: 1\n    timeoutSeconds: 2", ""),
+            container_check("slow", "probes", "    exec:\n      command: [sleep, '30']\n    periodSeconds: 1\n    timeoutSeconds: 1\n    failureThreshold: 1", ""),
+            container_check("web", "probes", "    http: {path: /healthz, port: 8080}\n    periodSeconds: 1", ""),
+        ]
+        .join("---\n"),
+    );
+    let id = instance_id(&name);
+    let ok = agent.wait_status(&id, "default/inside", "ok", WAIT);
+    assert_eq!(check_of(&ok, "default/inside").unwrap()["probe"], "exec");
+    let web = agent.wait_status(&id, "default/web", "ok", WAIT);
+    assert_eq!(check_of(&web, "default/web").unwrap()["message"], "HTTP 200 OK");
+    let slow = agent.wait_status(&id, "default/slow", "impaired", WAIT);
+    let slow = check_of(&slow, "default/slow").unwrap();
+    assert_eq!(slow["reason"], "timeout", "{slow}");
+    // The timed-out exec was killed, not left running in the container.
+    let deadline = Instant::now() + WAIT;
+    while c.exec("ps -o args | grep -c '^sleep 30' || true").parse::<u32>().unwrap_or(0) > 1 {
+        assert!(Instant::now() < deadline, "timed-out execs pile up:\n{}", c.exec("ps -o pid,args"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Attached volumes: the bind mount's source is watched.
+    let volumes = &agent.instance(&id)["status"]["attachedVolumeStatus"];
+    assert_eq!(volumes["status"], "ok", "{volumes}");
+    assert_eq!(volumes["details"][0]["name"], "/data", "{volumes}");
+
+    // An exec failing inside the container is unhealthy with its exit code.
+    c.exec("rm /www/healthz");
+    let failed = agent.wait_status(&id, "default/inside", "impaired", WAIT);
+    assert_eq!(check_of(&failed, "default/inside").unwrap()["reason"], "exit-code");
+    let web = agent.wait_status(&id, "default/web", "impaired", WAIT);
+    assert_eq!(check_of(&web, "default/web").unwrap()["reason"], "status");
+
+    // The mount's source vanishes from the host: Attached volumes impaired.
+    std::fs::remove_dir_all(data.path()).unwrap();
+    agent.wait_for(&format!("/v1/instances/{id}"), "attached volumes impaired", WAIT, |d| {
+        d["data"]["status"]["attachedVolumeStatus"]["status"] == "impaired"
+    });
+}
+
+#[test]
+fn a_container_stopped_or_paused_by_its_owner_is_left_alone() {
+    let socket = engine();
+    let name = format!("vigil-t-owner-{}", std::process::id());
+    let c = TestContainer::run(socket, &name, &["--label", "vigil.case=owner"], "exec sleep 3600");
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_on(dir.path(), socket, &[]);
+    agent.write_check(
+        "c.yaml",
+        &container_check(
+            "owner",
+            "owner",
+            "    docker: {}\n    periodSeconds: 1\n    failureThreshold: 1",
+            "  action:\n    type: restartContainer\n    backoff: {initialSeconds: 0}",
+        ),
+    );
+    let id = instance_id(&name);
+    agent.wait_status(&id, "default/owner", "ok", WAIT);
+
+    docker_ok(socket, &["pause", &name]);
+    let paused = agent.wait_status(&id, "default/owner", "not-applicable", WAIT);
+    assert_eq!(paused["status"]["state"], "paused");
+    docker_ok(socket, &["unpause", &name]);
+    agent.wait_status(&id, "default/owner", "ok", WAIT);
+
+    docker_ok(socket, &["stop", "-t", "1", &name]);
+    let stopped = agent.wait_status(&id, "default/owner", "not-applicable", WAIT);
+    assert_eq!(stopped["status"]["state"], "stopped");
+    assert_eq!(restarts(&stopped), 0);
+    assert_eq!(c.inspect("{{.State.Running}}"), "false", "vigil must not start it again");
+
+    // A crash (killed from inside, no stop by its owner) is vigil's to restart.
+    docker_ok(socket, &["start", &name]);
+    agent.wait_status(&id, "default/owner", "ok", WAIT);
+    c.exec("kill -9 $(pidof sleep)");
+    let restarted = agent.wait_for(&format!("/v1/instances/{id}"), "a restart after the crash", WAIT, |d| {
+        restarts(&d["data"]) >= 1
+    });
+    assert!(
+        restarted["data"]["status"]["restarts"]["lastReason"].as_str().unwrap().contains("not-running"),
+        "{}",
+        restarted["data"]["status"]["restarts"]
+    );
+    agent.wait_status(&id, "default/owner", "ok", WAIT);
+}

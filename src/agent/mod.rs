@@ -354,7 +354,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             ("docker watcher", Ok(()))
         });
         let (d, c) = (docker.clone(), cancel.clone());
-        let stats = StatsConfig { interval: secs(config.docker_stats_interval_seconds), concurrency: 16 };
+        let stats = StatsConfig { interval: secs(config.docker_stats_interval_seconds), concurrency: 64 };
         tasks.spawn(async move {
             crate::docker::stats::collect(d, stats, c).await;
             ("container stats", Ok(()))
