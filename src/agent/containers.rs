@@ -35,6 +35,12 @@ fn find(docker: &DockerRuntime, id: &str) -> Result<Container, Box<Response>> {
     })
 }
 
+/// The runtime and the container `{id}` names, or the answer that says why not.
+fn lookup<'a>(s: &'a ApiState, id: &str) -> Result<(&'a DockerRuntime, Container), Box<Response>> {
+    let docker = runtime(s)?;
+    Ok((docker, find(docker, id)?))
+}
+
 fn summary(docker: &DockerRuntime, c: &Container, now: Timestamp) -> Value {
     let resources = docker.resources(&c.id).map(|(_, r)| r).unwrap_or_default();
     json!({
@@ -75,12 +81,8 @@ pub async fn all_health(State(s): State<ApiState>) -> Response {
 /// `GET /api/v1/containers/{id}/health`: the summary plus the HEALTHCHECK log and the status
 /// checks of its instance.
 pub async fn one_health(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    let docker = match runtime(&s) {
-        Ok(d) => d,
-        Err(r) => return *r,
-    };
-    let c = match find(docker, &id) {
-        Ok(c) => c,
+    let (docker, c) = match lookup(&s, &id) {
+        Ok(found) => found,
         Err(r) => return *r,
     };
     let mut body = summary(docker, &c, Timestamp::now());
@@ -104,12 +106,8 @@ pub async fn one_health(State(s): State<ApiState>, Path(id): Path<String>) -> Re
 
 /// `GET /api/v1/containers/{id}/stats`.
 pub async fn one_stats(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    let docker = match runtime(&s) {
-        Ok(d) => d,
-        Err(r) => return *r,
-    };
-    let c = match find(docker, &id) {
-        Ok(c) => c,
+    let (docker, c) = match lookup(&s, &id) {
+        Ok(found) => found,
         Err(r) => return *r,
     };
     let (sampled, resources) =
@@ -138,12 +136,8 @@ pub struct LogsQuery {
 /// line (`{"timestamp","stream","message"}`), then an `end` event when the logs end (the container
 /// stopped, or without `follow` the history was sent). A client that leaves ends the stream.
 pub async fn logs(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Query<LogsQuery>) -> Response {
-    let docker = match runtime(&s) {
-        Ok(d) => d,
-        Err(r) => return *r,
-    };
-    let c = match find(docker, &id) {
-        Ok(c) => c,
+    let (docker, c) = match lookup(&s, &id) {
+        Ok(found) => found,
         Err(r) => return *r,
     };
     let tail = match q.tail.as_deref() {

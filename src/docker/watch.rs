@@ -41,6 +41,8 @@ pub async fn watch(docker: DockerRuntime, cancel: CancellationToken) {
         };
         if was_reachable {
             warn!(socket = %docker.socket, "Docker daemon lost: {message}");
+            // Figures of a daemon that does not answer are not current: none rather than stale.
+            docker.stats.write().unwrap_or_else(|e| e.into_inner()).clear();
             docker.bump();
             delay = Duration::from_millis(500);
         }

@@ -358,28 +358,23 @@ async fn run_worker(
             let action = {
                 let (shared, check, instance_id) = (shared.clone(), check.clone(), instance_id.clone());
                 async move {
-                    let result = shared.executors.execute(&request).await;
-                    let (succeeded, message) = match result {
+                    let (succeeded, message) = match shared.executors.execute(&request).await {
                         Ok(done) => (true, format!("{}: {done}", request.reason)),
                         Err(e) => {
                             warn!(check = %check.key, instance = %instance_id, error = %e, "action failed");
                             (false, format!("{}; action failed: {e}", request.reason))
                         }
                     };
-                    shared.store.record_action(
-                        &check.key,
-                        &instance_id,
-                        ActionRecord {
-                            at: shared.store.now(),
-                            check: check.key.clone(),
-                            action: request.kind.as_str().to_owned(),
-                            succeeded,
-                            message,
-                        },
-                    );
+                    record_action(&shared, &check, &instance_id, request.kind.as_str(), succeeded, message);
                 }
             };
-            let _ = tokio::spawn(action).await;
+            if let Err(e) = tokio::spawn(action).await {
+                // The action task died without recording anything: record that, which also
+                // lets the next action be decided.
+                let kind = check.action.as_ref().map_or("action", |a| a.kind.as_str());
+                let message = format!("internal error: the action task ended: {e}");
+                record_action(&shared, &check, &instance_id, kind, false, message);
+            }
             last_verdict = None;
             // Give the target its initial delay again before judging it.
             due = on_slot(epoch, slot(), Instant::now() + timing.initial_delay.max(timing.period));
@@ -391,6 +386,24 @@ async fn run_worker(
         };
         due = next_on_grid(due, period, Instant::now());
     }
+}
+
+fn record_action(
+    shared: &Shared,
+    check: &CheckDef,
+    instance_id: &str,
+    action: &str,
+    succeeded: bool,
+    message: String,
+) {
+    let record = ActionRecord {
+        at: shared.store.now(),
+        check: check.key.clone(),
+        action: action.to_owned(),
+        succeeded,
+        message,
+    };
+    shared.store.record_action(&check.key, instance_id, record);
 }
 
 #[cfg(test)]
