@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/target/tools/bin:$(PATH)
 run:
 	$(CARGO) run --release -- agent --checks-dir examples/standalone --state-dir target/state
 
-## test: everything, after making sure the tools and the Docker engine the tests use are here;
+## test: everything, after making sure the tools, the Docker engine and the QEMU guest the tests use are here;
 ## an engine started for the tests is stopped afterwards (one that was already running is left alone)
 test: test-deps
 	tests/fixtures/docker-engine.sh ensure
@@ -17,6 +17,7 @@ test: test-deps
 
 test-deps:
 	tests/fixtures/tools.sh
+	tests/fixtures/qemu-guest.sh build
 
 ## bench: probe throughput, CPU per probe, scheduler lateness and memory (not a test)
 bench:

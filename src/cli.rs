@@ -127,6 +127,23 @@ pub struct AgentArgs {
     /// Seconds a container is given to stop when the `restartContainer` action restarts it.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub container_stop_timeout: Duration,
+
+    /// Where QEMU VMs' QMP sockets are looked for (glob; repeat for more). A guest-agent socket
+    /// `qga.sock` beside a QMP socket is used for guest checks.
+    #[arg(
+        long = "vm-socket-glob",
+        default_values_t = ["/run/vigil/vms/*/qmp.sock".to_owned(), "/var/lib/libvirt/qemu/*.monitor".to_owned()]
+    )]
+    pub vm_socket_globs: Vec<String>,
+
+    /// How long `restartVM` waits for the guest agent after `system_reset` before escalating.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub vm_reset_timeout: Duration,
+
+    /// Command (`sh -c`) run when a VM does not come back after `system_reset`, e.g.
+    /// `systemctl restart vm@$VIGIL_VM_NAME`. It gets `VIGIL_VM_NAME` and `VIGIL_VM_DIR`.
+    #[arg(long)]
+    pub vm_restart_command: Option<String>,
 }
 
 /// `vigil check`.

@@ -32,6 +32,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod model;
 pub mod probe;
+pub mod qemu;
 pub mod report;
 pub mod source;
 pub mod telemetry;

@@ -34,6 +34,7 @@ use crate::inventory::Instance;
 use crate::inventory::host::{self, PressureThresholds};
 use crate::metrics::{AgentMetrics, ViewCollector};
 use crate::probe::Prober;
+use crate::qemu::{QemuConfig, QemuRuntime, RestartVm};
 use crate::report::statedir::{Reporter, StateDir, StateDirError};
 use crate::source::Catalog;
 use crate::source::folder::{self, FolderError, Snapshot};
@@ -77,6 +78,8 @@ pub struct AgentConfig {
     pub docker_stats_interval_seconds: f64,
     /// Stop timeout of the `restartContainer` action, seconds.
     pub container_stop_timeout_seconds: u64,
+    /// QEMU VMs: where they are looked for, how they are restarted.
+    pub qemu: QemuConfig,
     /// vigil's version.
     pub version: &'static str,
 }
@@ -162,6 +165,9 @@ impl AgentConfig {
             no_docker,
             docker_stats_interval,
             container_stop_timeout,
+            vm_socket_globs,
+            vm_reset_timeout,
+            vm_restart_command,
         } = args;
         let default_socket = "/var/run/docker.sock";
         let docker_socket = match (no_docker, docker_socket) {
@@ -198,6 +204,12 @@ impl AgentConfig {
             docker_socket,
             docker_stats_interval_seconds: docker_stats_interval.as_secs_f64(),
             container_stop_timeout_seconds: container_stop_timeout.as_secs(),
+            qemu: QemuConfig {
+                socket_globs: vm_socket_globs,
+                rescan: Duration::from_secs(2),
+                reset_timeout: vm_reset_timeout,
+                restart_command: vm_restart_command,
+            },
             version: env!("CARGO_PKG_VERSION"),
         }
     }
@@ -217,6 +229,7 @@ struct Reconciler {
     metrics: AgentMetrics,
     reported: BTreeSet<String>,
     docker: Option<DockerRuntime>,
+    qemu: QemuRuntime,
 }
 
 impl Reconciler {
@@ -255,7 +268,8 @@ impl Reconciler {
             };
             self.health.set("docker", problems);
         }
-        let sources = Sources { containers: self.docker.is_some(), ..Sources::default() };
+        discovered.extend(self.qemu.instances(&self.node.name));
+        let sources = Sources { containers: self.docker.is_some(), vms: true, ..Sources::default() };
         let plan = planner::plan(&self.node, &self.catalog.running(), &discovered, sources);
         self.scheduler.apply(plan);
     }
@@ -296,8 +310,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         }
         None => None,
     };
-    let mut prober = Prober::new();
-    let mut executors = Executors { exec: Some(Arc::new(ExecAction)), ..Executors::default() };
+    let qemu = QemuRuntime::new(config.qemu.clone());
+    let mut prober = Prober::new().with_vms(Arc::new(qemu.clone()));
+    let mut executors = Executors {
+        exec: Some(Arc::new(ExecAction)),
+        vm: Some(Arc::new(RestartVm(qemu.clone()))),
+        ..Executors::default()
+    };
     if let Some(docker) = &docker {
         prober = prober.with_containers(Arc::new(docker.clone()));
         executors.container = Some(Arc::new(RestartContainer(docker.clone())));
@@ -323,6 +342,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         metrics: metrics.clone(),
         reported: BTreeSet::new(),
         docker: docker.clone(),
+        qemu: qemu.clone(),
     };
     let snapshot = folder::load(&config.checks_dir)?;
     reconciler.apply(snapshot);
@@ -361,6 +381,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         });
     }
     let mut inventory_changed = docker.as_ref().map(DockerRuntime::subscribe);
+    let mut vms_changed = qemu.subscribe();
+    {
+        let (q, c) = (qemu.clone(), cancel.clone());
+        tasks.spawn(async move {
+            q.watch(c).await;
+            ("VM watcher", Ok(()))
+        });
+    }
 
     {
         let cancel = cancel.clone();
@@ -375,6 +403,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                             None => None,
                         }
                     } => reconciler.replan(),
+                    Ok(()) = vms_changed.changed() => reconciler.replan(),
                     got = snapshots.recv() => match got {
                         Some(Ok(snapshot)) => {
                             health.set("checks folder", Vec::new());

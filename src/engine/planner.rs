@@ -91,6 +91,7 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
                         policy: AddressPolicy { allow_link_local: *allow_link_local },
                         env: Vec::new(),
                         container: None,
+                        vm: None,
                     };
                     assign(&instance, target);
                     instances.entry(instance.id.clone()).or_insert(instance);
@@ -116,7 +117,10 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
                 // view instead (the prober says it is not running).
                 for i in discovered.iter().filter(|i| i.kind == kind && sel.matches(&i.name, &i.labels)) {
                     let mut target = Target::new(i.address.clone().unwrap_or_default());
-                    target.container = i.runtime_id.clone();
+                    match kind {
+                        InstanceKind::Container => target.container = i.runtime_id.clone(),
+                        _ => target.vm = i.runtime_id.clone(),
+                    }
                     assign(i, target);
                 }
             }

@@ -321,6 +321,8 @@ pub struct Target {
     /// The container, for probes that go through the container runtime (`docker`, and `exec`
     /// inside the container).
     pub container: Option<String>,
+    /// The VM (its QMP socket), for `qmp` probes.
+    pub vm: Option<String>,
 }
 
 impl Target {
@@ -332,6 +334,7 @@ impl Target {
             policy: AddressPolicy::default(),
             env: Vec::new(),
             container: None,
+            vm: None,
         }
     }
 }
@@ -350,6 +353,12 @@ pub trait ContainerRuntime: Send + Sync + fmt::Debug {
     fn exec<'a>(&'a self, container: &'a str, command: &'a [String], timeout: Duration) -> OutcomeFuture<'a>;
 }
 
+/// What the `qmp` probe needs from the QEMU runtime.
+pub trait VmRuntime: Send + Sync + fmt::Debug {
+    /// Runs the QMP and guest-agent checks of `spec` on the VM whose QMP socket is `vm`.
+    fn qmp<'a>(&'a self, vm: &'a str, spec: &'a QmpSpec, timeout: Duration) -> OutcomeFuture<'a>;
+}
+
 /// Runs probes. Holds only what is expensive to build and never changes (TLS configurations,
 /// the container runtime); every probe is independent.
 #[derive(Clone, Debug)]
@@ -357,6 +366,7 @@ pub struct Prober {
     tls: Arc<tls::TlsConfigs>,
     user_agent: ::http::HeaderValue,
     containers: Option<Arc<dyn ContainerRuntime>>,
+    vms: Option<Arc<dyn VmRuntime>>,
 }
 
 impl Prober {
@@ -366,7 +376,14 @@ impl Prober {
             tls: Arc::new(tls::TlsConfigs::load()),
             user_agent: ::http::HeaderValue::from_static(concat!("vigil/", env!("CARGO_PKG_VERSION"))),
             containers: None,
+            vms: None,
         }
+    }
+
+    /// This prober, with a QEMU runtime for `qmp` probes.
+    pub fn with_vms(mut self, runtime: Arc<dyn VmRuntime>) -> Prober {
+        self.vms = Some(runtime);
+        self
     }
 
     /// This prober, with a container runtime for `docker` probes and `exec` inside containers.
@@ -401,6 +418,11 @@ impl Prober {
             (ProbeSpec::Docker, None) => {
                 Outcome::unknown("the docker probe applies to containers targets only")
             }
+            (ProbeSpec::Qmp(qmp), _) => match (&self.vms, &target.vm) {
+                (Some(rt), Some(vm)) => rt.qmp(vm, qmp, timeout).await,
+                (None, _) => Outcome::unknown("this agent has no QEMU runtime (see --vm-socket-glob)"),
+                (_, None) => Outcome::unknown("the qmp probe applies to vms targets only"),
+            },
             (_, Some(container)) if target.host.is_empty() => match runtime() {
                 Ok(rt) => rt
                     .unreachable(container)
@@ -423,9 +445,7 @@ impl Prober {
             ProbeSpec::Exec(_) | ProbeSpec::Docker => {
                 Outcome::unknown("internal error: a runtime probe on the network path")
             }
-            ProbeSpec::Qmp(_) => {
-                Outcome::unknown("the qmp probe needs the QEMU runtime, which this agent does not have yet")
-            }
+            ProbeSpec::Qmp(_) => Outcome::unknown("internal error: a runtime probe on the network path"),
         }
     }
 }

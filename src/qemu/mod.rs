@@ -1,0 +1,711 @@
+//! QEMU virtual machines: found through their QMP sockets, watched over one QMP connection each
+//! (QEMU allows one client per monitor), with asynchronous events applied as they arrive; the
+//! `qmp` probe (run state, guest agent, block devices, guest filesystems) and the `restartVM`
+//! action.
+//!
+//! QMP goes through the `qapi` crate (transport, negotiation, replies told apart from events).
+//! Its generated types follow a newer QEMU than some hosts run (`query-blockstats` has fields
+//! QEMU 7.2 does not send), so block queries are read as plain JSON. The guest agent is spoken
+//! directly: see [`qga`].
+
+pub mod qga;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use qapi::futures::{QapiService, QmpStreamTokio};
+use qapi::qmp;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::WriteHalf;
+use tokio::net::UnixStream;
+use tokio::runtime::Handle;
+use tokio::sync::watch as tokio_watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::api::{CheckStatus, InstanceKind, InstanceState};
+use crate::engine::remediation::{ActionError, ActionExecutor, ActionFuture, ActionRequest};
+use crate::inventory::{Claimed, Instance, Observation, instance_id};
+use crate::probe::{Outcome, OutcomeFuture, QmpSpec, Reason, VmRuntime};
+
+type Service = QapiService<QmpStreamTokio<WriteHalf<UnixStream>>>;
+
+/// Where VMs are looked for, and how they are restarted.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QemuConfig {
+    /// Glob patterns of QMP sockets.
+    pub socket_globs: Vec<String>,
+    /// How often the globs are looked at again.
+    pub rescan: Duration,
+    /// How long `restartVM` waits for the guest agent after `system_reset`.
+    pub reset_timeout: Duration,
+    /// Run (`sh -c`) when the guest does not come back after a reset; gets `VIGIL_VM_NAME` and
+    /// `VIGIL_VM_DIR`.
+    pub restart_command: Option<String>,
+}
+
+/// Commands whose answers are read as plain JSON.
+macro_rules! raw_command {
+    ($ty:ident, $name:literal) => {
+        #[derive(Serialize)]
+        struct $ty {}
+        impl qapi::Command for $ty {
+            type Ok = Value;
+            const NAME: &'static str = $name;
+            const ALLOW_OOB: bool = false;
+        }
+        impl qmp::QmpCommand for $ty {}
+    };
+}
+raw_command!(QueryBlock, "query-block");
+raw_command!(QueryBlockstats, "query-blockstats");
+raw_command!(QueryCpusFast, "query-cpus-fast");
+
+/// One VM as last seen.
+#[derive(Clone, Debug)]
+pub struct Vm {
+    /// Name (`query-name`, else the folder or file name).
+    pub name: String,
+    /// The QMP socket.
+    pub qmp_socket: PathBuf,
+    /// The guest-agent socket beside it, when there is one.
+    pub qga_socket: Option<PathBuf>,
+    /// QEMU's pid (the QMP socket's peer).
+    pub pid: Option<i32>,
+    /// Configured vCPUs.
+    pub vcpus: u32,
+    /// Configured memory, MiB.
+    pub memory_mb: u64,
+    /// QMP run state (`running`, `paused`, `shutdown`, `guest-panicked`…), `None` until known.
+    pub status: Option<String>,
+    /// Whether QMP answers, and what was seen when it does not.
+    pub qmp: Result<(), String>,
+    /// The guest-agent port, from `VSERPORT_CHANGE`.
+    pub guest_port_open: Option<bool>,
+    /// The guest agent has answered since the guest (re)started: until it has, a silent agent
+    /// is a guest still booting (`insufficient-data`), not a failure.
+    pub guest_agent_seen: bool,
+    /// Failed block operations when first seen, per device: later ones are new errors.
+    pub failed_baseline: BTreeMap<String, i64>,
+    /// Attached-volume observations from the last look at the block devices.
+    pub volumes: Vec<Observation>,
+}
+
+impl Vm {
+    fn instance_state(&self) -> InstanceState {
+        match (&self.qmp, self.status.as_deref()) {
+            (Err(_), _) => InstanceState::Unknown,
+            (_, Some("running")) => InstanceState::Running,
+            (_, Some("paused" | "suspended")) => InstanceState::Paused,
+            (_, Some("shutdown")) => InstanceState::Stopped,
+            _ => InstanceState::Unknown,
+        }
+    }
+
+    fn process_alive(&self) -> bool {
+        self.pid.is_some_and(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+                .unwrap_or(false)
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    vms: BTreeMap<PathBuf, Vm>,
+}
+
+/// The QEMU runtime of one agent.
+#[derive(Clone)]
+pub struct QemuRuntime {
+    config: QemuConfig,
+    index: Arc<RwLock<Index>>,
+    services: Arc<RwLock<BTreeMap<PathBuf, Arc<Service>>>>,
+    changed: Arc<tokio_watch::Sender<u64>>,
+    handle: Handle,
+}
+
+impl std::fmt::Debug for QemuRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuRuntime").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl QemuRuntime {
+    /// A runtime looking for VMs as `config` says. Call from the runtime that should talk QMP.
+    pub fn new(config: QemuConfig) -> QemuRuntime {
+        QemuRuntime {
+            config,
+            index: Arc::default(),
+            services: Arc::default(),
+            changed: Arc::new(tokio_watch::channel(0).0),
+            handle: Handle::current(),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Notified when the inventory changes.
+    pub fn subscribe(&self) -> tokio_watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Every known VM.
+    pub fn vms(&self) -> Vec<Vm> {
+        self.read().vms.values().cloned().collect()
+    }
+
+    fn find(&self, name: &str) -> Option<Vm> {
+        self.read().vms.values().find(|v| v.name == name).cloned()
+    }
+
+    fn service(&self, socket: &Path) -> Option<Arc<Service>> {
+        self.services.read().unwrap_or_else(|e| e.into_inner()).get(socket).cloned()
+    }
+
+    /// The instances, as the planner sees them.
+    pub fn instances(&self, node: &str) -> Vec<Instance> {
+        self.read()
+            .vms
+            .values()
+            .map(|vm| {
+                let alive = vm.process_alive();
+                let system = vec![
+                    match (vm.pid, alive) {
+                        (Some(pid), true) => {
+                            Observation::new("qemu-process", CheckStatus::Ok, format!("pid {pid}"))
+                        }
+                        (Some(pid), false) => Observation::new(
+                            "qemu-process",
+                            CheckStatus::Impaired,
+                            format!("QEMU process {pid} is gone"),
+                        ),
+                        (None, _) => Observation::new(
+                            "qemu-process",
+                            CheckStatus::InsufficientData,
+                            "QEMU's pid is not known yet",
+                        ),
+                    },
+                    match &vm.qmp {
+                        Ok(()) => Observation::new("reachability", CheckStatus::Ok, "QMP answers"),
+                        Err(e) => {
+                            Observation::new("reachability", CheckStatus::Impaired, format!("QMP: {e}"))
+                        }
+                    },
+                ];
+                let running = vm.instance_state() == InstanceState::Running;
+                Instance {
+                    id: instance_id("vm", &vm.name),
+                    kind: InstanceKind::Vm,
+                    name: vm.name.clone(),
+                    node: node.to_owned(),
+                    address: None,
+                    labels: BTreeMap::new(),
+                    state: vm.instance_state(),
+                    claimed: running
+                        .then_some(Claimed { cpus: f64::from(vm.vcpus), memory_mb: vm.memory_mb }),
+                    runtime_id: Some(vm.qmp_socket.display().to_string()),
+                    on_hold: (vm.qmp.is_ok() && vm.status.as_deref() == Some("paused"))
+                        .then(|| "paused by its operator".to_owned()),
+                    system,
+                    volumes: vm.volumes.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Finds VMs until `cancel`: looks at the globs every `rescan`, keeps one QMP connection per
+    /// VM, forgets VMs whose socket went away.
+    pub async fn watch(self, cancel: CancellationToken) {
+        let mut tasks: BTreeMap<PathBuf, JoinHandle<()>> = BTreeMap::new();
+        let mut tick = tokio::time::interval(self.config.rescan);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let found = find_sockets(&self.config.socket_globs);
+            let gone: Vec<PathBuf> = tasks.keys().filter(|p| !found.contains(*p)).cloned().collect();
+            for path in gone {
+                if let Some(task) = tasks.remove(&path) {
+                    task.abort();
+                }
+                self.services.write().unwrap_or_else(|e| e.into_inner()).remove(&path);
+                self.write().vms.remove(&path);
+                info!(socket = %path.display(), "VM gone");
+                self.bump();
+            }
+            for path in found {
+                if tasks.contains_key(&path) {
+                    continue;
+                }
+                info!(socket = %path.display(), "VM found");
+                self.write().vms.insert(path.clone(), new_vm(&path));
+                self.bump();
+                tasks.insert(path.clone(), tokio::spawn(self.clone().follow_vm(path)));
+            }
+        }
+        for task in tasks.into_values() {
+            task.abort();
+        }
+    }
+
+    fn update(&self, socket: &Path, f: impl FnOnce(&mut Vm)) {
+        let mut index = self.write();
+        if let Some(vm) = index.vms.get_mut(socket) {
+            f(vm);
+        }
+        drop(index);
+        self.bump();
+    }
+
+    /// Keeps the QMP connection of one VM: connect, learn what it is, apply its events; on loss,
+    /// say so and try again.
+    async fn follow_vm(self, socket: PathBuf) {
+        loop {
+            let result = self.session(&socket).await;
+            self.services.write().unwrap_or_else(|e| e.into_inner()).remove(&socket);
+            let message = match result {
+                Ok(()) => "QMP connection closed".to_owned(),
+                Err(e) => e,
+            };
+            debug!(socket = %socket.display(), "QMP: {message}");
+            self.update(&socket, |vm| {
+                if vm.qmp.as_ref().err() != Some(&message) {
+                    vm.qmp = Err(message);
+                }
+            });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn session(&self, socket: &Path) -> Result<(), String> {
+        let stream = UnixStream::connect(socket).await.map_err(|e| format!("cannot connect: {e}"))?;
+        let pid = peer_pid(&stream);
+        let negotiation = tokio::time::timeout(Duration::from_secs(5), QmpStreamTokio::open(stream))
+            .await
+            .map_err(|_| "no QMP greeting within 5s (another client connected?)".to_owned())?
+            .map_err(|e| format!("not a QMP greeting: {e}"))?;
+        let qapi_stream = tokio::time::timeout(Duration::from_secs(5), negotiation.negotiate())
+            .await
+            .map_err(|_| "QMP negotiation timed out".to_owned())?
+            .map_err(|e| format!("QMP negotiation failed: {e}"))?;
+        let (service, mut events) = qapi_stream.into_parts();
+        let service = Arc::new(service);
+        // Replies are read by the event stream: poll it while asking the first questions.
+        let ask = async {
+            let name = service.execute(qmp::query_name {}).await.ok().and_then(|n| n.name);
+            let status =
+                service.execute(qmp::query_status {}).await.map_err(|e| format!("query-status: {e}"))?;
+            let cpus = service.execute(QueryCpusFast {}).await.ok();
+            let memory = service.execute(qmp::query_memory_size_summary {}).await.ok();
+            Ok::<_, String>((name, status, cpus, memory))
+        };
+        tokio::pin!(ask);
+        let first = loop {
+            tokio::select! {
+                r = &mut ask => break r?,
+                e = events.next() => match e {
+                    Some(Ok(event)) => self.apply_event(socket, &event),
+                    Some(Err(e)) => return Err(format!("QMP stream: {e}")),
+                    None => return Err("QMP closed during the first questions".to_owned()),
+                },
+            }
+        };
+        let (name, status, cpus, memory) = first;
+        let vcpus = cpus.as_ref().and_then(Value::as_array).map_or(0, |a| a.len() as u32);
+        let memory_mb = memory.map_or(0, |m| (m.base_memory + m.plugged_memory.unwrap_or(0)) / (1024 * 1024));
+        let status = enum_name(&status.status);
+        self.services.write().unwrap_or_else(|e| e.into_inner()).insert(socket.to_owned(), service.clone());
+        self.update(socket, |vm| {
+            if let Some(name) = name.filter(|n| !n.is_empty()) {
+                vm.name = name;
+            }
+            vm.pid = pid.or(vm.pid);
+            vm.vcpus = vcpus;
+            vm.memory_mb = memory_mb;
+            vm.status = Some(status.clone());
+            vm.qmp = Ok(());
+        });
+        info!(socket = %socket.display(), status, vcpus, memory_mb, "QMP connected");
+        let mut volumes_tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                e = events.next() => match e {
+                    Some(Ok(event)) => self.apply_event(socket, &event),
+                    Some(Err(e)) => return Err(format!("QMP stream: {e}")),
+                    None => return Ok(()),
+                },
+                _ = volumes_tick.tick() => {
+                    let look = self.look_at_volumes(socket, &service);
+                    tokio::pin!(look);
+                    // Keep reading (the replies come through the event stream).
+                    loop {
+                        tokio::select! {
+                            () = &mut look => break,
+                            e = events.next() => match e {
+                                Some(Ok(event)) => self.apply_event(socket, &event),
+                                Some(Err(e)) => return Err(format!("QMP stream: {e}")),
+                                None => return Ok(()),
+                            },
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_event(&self, socket: &Path, event: &qmp::Event) {
+        let status = match event {
+            qmp::Event::STOP { .. } => Some("paused"),
+            qmp::Event::RESUME { .. } => Some("running"),
+            qmp::Event::SHUTDOWN { .. } => Some("shutdown"),
+            qmp::Event::GUEST_PANICKED { .. } => Some("guest-panicked"),
+            _ => None,
+        };
+        if matches!(event, qmp::Event::RESET { .. } | qmp::Event::SHUTDOWN { .. }) {
+            self.update(socket, |vm| vm.guest_agent_seen = false);
+        }
+        match (status, event) {
+            (Some(status), _) => {
+                debug!(socket = %socket.display(), status, "QMP event");
+                self.update(socket, |vm| vm.status = Some(status.to_owned()));
+            }
+            (None, qmp::Event::VSERPORT_CHANGE { data, .. }) => {
+                let open = data.open;
+                self.update(socket, |vm| vm.guest_port_open = Some(open));
+            }
+            (None, qmp::Event::BLOCK_IO_ERROR { data, .. }) => {
+                let what = format!("{:?}", data);
+                self.update(socket, |vm| {
+                    vm.volumes.push(Observation::new("io-error", CheckStatus::Impaired, what));
+                });
+            }
+            _ => {}
+        }
+    }
+
+    async fn look_at_volumes(&self, socket: &Path, service: &Service) {
+        let (Ok(block), Ok(stats)) =
+            (service.execute(QueryBlock {}).await, service.execute(QueryBlockstats {}).await)
+        else {
+            return;
+        };
+        let baseline = self.read().vms.get(socket).map(|v| v.failed_baseline.clone()).unwrap_or_default();
+        let (volumes, failed) = block_observations(&block, &stats, &baseline);
+        let mut index = self.write();
+        let Some(vm) = index.vms.get_mut(socket) else { return };
+        for (device, n) in failed {
+            vm.failed_baseline.entry(device).or_insert(n);
+        }
+        if vm.volumes != volumes {
+            vm.volumes = volumes;
+            drop(index);
+            self.bump();
+        }
+    }
+
+    fn note_guest_agent(&self, socket: &Path) {
+        let mut index = self.write();
+        if let Some(vm) = index.vms.get_mut(socket) {
+            vm.guest_agent_seen = true;
+        }
+    }
+
+    async fn qmp_checks(&self, socket: &Path, spec: &QmpSpec, timeout: Duration) -> Outcome {
+        let Some(vm) = self.read().vms.get(socket).cloned() else {
+            return Outcome::unknown("the VM is gone");
+        };
+        if let Err(e) = &vm.qmp {
+            return Outcome::unknown(format!("QMP does not answer: {e}"));
+        }
+        let mut passed = Vec::new();
+        for check in &spec.checks {
+            match check.as_str() {
+                "runState" => match vm.status.as_deref() {
+                    Some("running") => passed.push("running".to_owned()),
+                    Some("paused") => return Outcome::unknown("paused"),
+                    Some(other) => {
+                        return Outcome::unhealthy(Reason::NotRunning, format!("run state {other}"));
+                    }
+                    None => return Outcome::unknown("run state not known yet"),
+                },
+                "guestAgent" => {
+                    let Some(qga_socket) = &vm.qga_socket else {
+                        return Outcome::unknown("no guest-agent socket beside the QMP socket");
+                    };
+                    match qga::execute(qga_socket, "guest-ping", None, timeout).await {
+                        Ok(_) => {
+                            self.note_guest_agent(socket);
+                            passed.push("guest agent answers".to_owned());
+                        }
+                        Err(e) => return guest_agent_silent(&vm, &e),
+                    }
+                }
+                "blockDevices" => {
+                    if let Some(bad) = vm.volumes.iter().find(|o| o.status == CheckStatus::Impaired) {
+                        return Outcome::unhealthy(Reason::Io, format!("{}: {}", bad.name, bad.message));
+                    }
+                    passed.push(format!("{} block devices ok", vm.volumes.len()));
+                }
+                "filesystems" => {
+                    let Some(qga_socket) = &vm.qga_socket else {
+                        return Outcome::unknown("no guest-agent socket beside the QMP socket");
+                    };
+                    match qga::execute(qga_socket, "guest-get-fsinfo", None, timeout).await {
+                        Ok(fs) => {
+                            if let Some(full) = full_filesystem(&fs, spec.filesystem_usage_percent) {
+                                return Outcome::unhealthy(Reason::FilesystemFull, full);
+                            }
+                            passed.push(format!("filesystems below {}%", spec.filesystem_usage_percent));
+                        }
+                        Err(e) => return guest_agent_silent(&vm, &e),
+                    }
+                }
+                other => return Outcome::unknown(format!("unknown qmp check {other}")),
+            }
+        }
+        Outcome::healthy(passed.join("; "))
+    }
+}
+
+/// A guest agent that does not answer: a failure once it has answered since the guest started,
+/// before that a guest still booting.
+fn guest_agent_silent(vm: &Vm, e: &qga::QgaError) -> Outcome {
+    if vm.guest_agent_seen {
+        Outcome::unhealthy(Reason::GuestAgent, format!("reachability: {e}"))
+    } else {
+        Outcome::unknown(format!("the guest agent has not answered since the VM started: {e}"))
+    }
+}
+
+fn enum_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn new_vm(socket: &Path) -> Vm {
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    let file = socket.file_name().and_then(|f| f.to_str()).unwrap_or("");
+    // `/run/vigil/vms/<name>/qmp.sock`, or libvirt's `<name>.monitor`.
+    let name = match file.strip_suffix(".monitor") {
+        Some(stem) => stem.to_owned(),
+        None => dir.file_name().and_then(|n| n.to_str()).unwrap_or("vm").to_owned(),
+    };
+    let qga = dir.join("qga.sock");
+    Vm {
+        name,
+        qmp_socket: socket.to_owned(),
+        qga_socket: qga.exists().then_some(qga),
+        pid: None,
+        vcpus: 0,
+        memory_mb: 0,
+        status: None,
+        qmp: Err("not connected yet".to_owned()),
+        guest_port_open: None,
+        guest_agent_seen: false,
+        failed_baseline: BTreeMap::new(),
+        volumes: Vec::new(),
+    }
+}
+
+fn find_sockets(globs: &[String]) -> std::collections::BTreeSet<PathBuf> {
+    let mut found = std::collections::BTreeSet::new();
+    for pattern in globs {
+        let Ok(paths) = glob::glob(pattern) else {
+            warn!(pattern, "not a glob pattern");
+            continue;
+        };
+        found.extend(paths.flatten());
+    }
+    found
+}
+
+fn peer_pid(stream: &UnixStream) -> Option<i32> {
+    use std::os::fd::AsFd;
+    rustix::net::sockopt::socket_peercred(stream.as_fd()).ok().map(|c| c.pid.as_raw_nonzero().get())
+}
+
+/// Attached-volume observations from `query-block` and `query-blockstats`, and the failed
+/// operation counts per device.
+fn block_observations(
+    block: &Value,
+    stats: &Value,
+    baseline: &BTreeMap<String, i64>,
+) -> (Vec<Observation>, Vec<(String, i64)>) {
+    let mut failed = Vec::new();
+    for s in stats.as_array().into_iter().flatten() {
+        let Some(device) = s["device"].as_str().filter(|d| !d.is_empty()) else { continue };
+        let n: i64 = ["failed_rd_operations", "failed_wr_operations", "failed_flush_operations"]
+            .iter()
+            .filter_map(|k| s["stats"][k].as_i64())
+            .sum();
+        failed.push((device.to_owned(), n));
+    }
+    let observations = block
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| {
+            let device = b["device"].as_str()?.to_owned();
+            let inserted = b.get("inserted").is_some_and(|i| !i.is_null());
+            let io_status = b["io-status"].as_str().unwrap_or("ok");
+            let new_errors = failed
+                .iter()
+                .find(|(d, _)| *d == device)
+                .map_or(0, |(d, n)| n - baseline.get(d).copied().unwrap_or(*n));
+            let file = b["inserted"]["file"].as_str().unwrap_or("").to_owned();
+            Some(if !inserted && b["removable"] != Value::Bool(true) {
+                Observation::new(&device, CheckStatus::Impaired, "no medium inserted")
+            } else if io_status != "ok" {
+                Observation::new(&device, CheckStatus::Impaired, format!("io-status {io_status}"))
+            } else if new_errors > 0 {
+                Observation::new(&device, CheckStatus::Impaired, format!("{new_errors} failed operations"))
+            } else {
+                Observation::new(&device, CheckStatus::Ok, file)
+            })
+        })
+        .collect();
+    (observations, failed)
+}
+
+/// The first guest filesystem fuller than `limit` percent, described.
+fn full_filesystem(fsinfo: &Value, limit: u8) -> Option<String> {
+    fsinfo.as_array()?.iter().find_map(|fs| {
+        let total = fs["total-bytes"].as_f64()?;
+        let used = fs["used-bytes"].as_f64()?;
+        let percent = used / total * 100.0;
+        (total > 0.0 && percent > f64::from(limit)).then(|| {
+            format!("{} is {percent:.0}% full (limit {limit}%)", fs["mountpoint"].as_str().unwrap_or("?"))
+        })
+    })
+}
+
+impl VmRuntime for QemuRuntime {
+    fn qmp<'a>(&'a self, vm: &'a str, spec: &'a QmpSpec, timeout: Duration) -> OutcomeFuture<'a> {
+        Box::pin(async move {
+            let (this, socket, spec) = (self.clone(), PathBuf::from(vm), spec.clone());
+            match self.handle.spawn(async move { this.qmp_checks(&socket, &spec, timeout).await }).await {
+                Ok(outcome) => outcome,
+                Err(e) => Outcome::unknown(format!("internal error: {e}")),
+            }
+        })
+    }
+}
+
+/// The `restartVM` action: `system_reset`, then wait for the guest agent; when the guest does
+/// not come back in time, the configured command.
+#[derive(Clone, Debug)]
+pub struct RestartVm(pub QemuRuntime);
+
+impl ActionExecutor for RestartVm {
+    fn execute<'a>(&'a self, request: &'a ActionRequest) -> ActionFuture<'a> {
+        Box::pin(async move {
+            let qemu = self.0.clone();
+            let name = request.instance_name.clone();
+            qemu.handle
+                .clone()
+                .spawn(async move { restart(&qemu, &name).await })
+                .await
+                .map_err(|e| ActionError::Failed(format!("internal error: {e}")))?
+        })
+    }
+}
+
+async fn restart(qemu: &QemuRuntime, name: &str) -> Result<String, ActionError> {
+    let vm = qemu.find(name).ok_or_else(|| ActionError::Failed(format!("VM {name} is gone")))?;
+    let reset = match qemu.service(&vm.qmp_socket) {
+        Some(service) => service.execute(qmp::system_reset {}).await.map(|_| ()).map_err(|e| e.to_string()),
+        None => Err("QMP does not answer".to_owned()),
+    };
+    let deadline = tokio::time::Instant::now() + qemu.config.reset_timeout;
+    if reset.is_ok()
+        && let Some(qga_socket) = &vm.qga_socket
+    {
+        let started = tokio::time::Instant::now();
+        // Give the reset a moment to take the old agent away before asking.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        while tokio::time::Instant::now() < deadline {
+            if qga::execute(qga_socket, "guest-ping", None, Duration::from_secs(3)).await.is_ok() {
+                return Ok(format!("system_reset; guest agent back after {}s", started.elapsed().as_secs()));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    } else if reset.is_ok() {
+        return Ok("system_reset (no guest agent to wait for)".to_owned());
+    }
+    let why = match &reset {
+        Ok(()) => format!(
+            "the guest agent did not answer within {}s of system_reset",
+            qemu.config.reset_timeout.as_secs()
+        ),
+        Err(e) => format!("system_reset failed: {e}"),
+    };
+    let Some(command) = &qemu.config.restart_command else {
+        return Err(ActionError::Failed(format!("{why}; no --vm-restart-command to escalate to")));
+    };
+    let dir = vm.qmp_socket.parent().map(|d| d.display().to_string()).unwrap_or_default();
+    let output = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .env("VIGIL_VM_NAME", &vm.name)
+        .env("VIGIL_VM_DIR", dir)
+        .output()
+        .await
+        .map_err(|e| ActionError::Failed(format!("{why}; cannot run the restart command: {e}")))?;
+    if output.status.success() {
+        Ok(format!("{why}; ran the restart command"))
+    } else {
+        Err(ActionError::Failed(format!(
+            "{why}; the restart command failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn block_devices_and_new_errors() {
+        let block = json!([{"device": "data0", "removable": false, "io-status": "ok", "inserted": {"file": "/d.img"}}]);
+        let stats = json!([{"device": "data0", "stats": {"failed_rd_operations": 2, "failed_wr_operations": 0, "failed_flush_operations": 0}}]);
+        let (seen, failed) = block_observations(&block, &stats, &BTreeMap::new());
+        assert_eq!(seen[0].status, CheckStatus::Ok, "errors from before are the baseline");
+        let baseline: BTreeMap<_, _> = failed.into_iter().collect();
+        let stats = json!([{"device": "data0", "stats": {"failed_rd_operations": 3, "failed_wr_operations": 1, "failed_flush_operations": 0}}]);
+        let (seen, _) = block_observations(&block, &stats, &baseline);
+        assert_eq!(seen[0].status, CheckStatus::Impaired);
+        assert_eq!(seen[0].message, "2 failed operations");
+        let broken = json!([{"device": "data0", "removable": false, "io-status": "failed", "inserted": {"file": "/d.img"}}]);
+        assert_eq!(block_observations(&broken, &json!([]), &baseline).0[0].message, "io-status failed");
+        let empty = json!([{"device": "data0", "removable": false}]);
+        assert_eq!(block_observations(&empty, &json!([]), &baseline).0[0].message, "no medium inserted");
+    }
+
+    #[test]
+    fn full_filesystems_are_named() {
+        let fs = json!([{"mountpoint": "/data", "total-bytes": 100, "used-bytes": 95}]);
+        assert_eq!(full_filesystem(&fs, 90).as_deref(), Some("/data is 95% full (limit 90%)"));
+        assert_eq!(full_filesystem(&fs, 96), None);
+    }
+}

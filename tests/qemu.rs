@@ -1,0 +1,220 @@
+//! QEMU VMs against a real `qemu-system-x86_64` (TCG) running a tiny guest with the real
+//! `qemu-ga` (`tests/fixtures/qemu-guest.sh`, which `make test` builds). The agent binary holds
+//! the VM's QMP monitor; the test drives QEMU through a second monitor of its own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::agent::{Agent, check_of};
+
+/// Boot and reset under TCG on two busy cores take up to about a minute.
+const BOOT: Duration = Duration::from_secs(150);
+const WAIT: Duration = Duration::from_secs(30);
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qemu-guest.sh")
+}
+
+/// A guest run by the fixture; killed when dropped.
+struct Guest {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Guest {
+    fn start(dir: &Path) -> Guest {
+        let out = Command::new(script()).arg("build").output().unwrap();
+        assert!(out.status.success(), "qemu-guest.sh build: {}", String::from_utf8_lossy(&out.stderr));
+        let test_monitor =
+            format!("socket,id=qmpt,path={},server=on,wait=off", dir.join("test.sock").display());
+        let child = Command::new(script())
+            .arg("run")
+            .arg(dir)
+            .args(["-chardev", &test_monitor, "-mon", "chardev=qmpt,mode=control"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Guest { child, dir: dir.to_owned() }
+    }
+
+    /// One command on the test's own monitor; its `return`.
+    fn qmp(&self, command: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        let stream = loop {
+            match UnixStream::connect(self.dir.join("test.sock")) {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "test monitor: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.contains("QMP"), "greeting: {line}");
+        for c in [json!({"execute": "qmp_capabilities"}), json!({"execute": command})] {
+            writeln!(writer, "{c}").unwrap();
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let v: Value = serde_json::from_str(&line).unwrap();
+                if let Some(r) = v.get("return") {
+                    if c["execute"] == command {
+                        return r.clone();
+                    }
+                    break;
+                }
+                assert!(v.get("error").is_none(), "{command}: {v}");
+            }
+        }
+        unreachable!()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn vm_check(name: &str, vm: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata:\n  name: {name}\nspec:\n  target:\n    vms:\n      names: [{vm}]\n  probe:\n    qmp:\n      checks: [runState, guestAgent, blockDevices, filesystems]\n    periodSeconds: 2\n    timeoutSeconds: 5\n    failureThreshold: 2\n{extra}"
+    )
+}
+
+fn status_of<'a>(instance: &'a Value, which: &str) -> &'a Value {
+    &instance["status"][which]["status"]
+}
+
+fn restarts(instance: &Value) -> u64 {
+    instance["status"]["restarts"]["count"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_real_guest_through_pause_agent_loss_reset_and_death() {
+    let root = tempfile::Builder::new().prefix("vq").tempdir_in("/tmp").unwrap();
+    let vm_dir = root.path().join("vms").join("g1");
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    let mut guest = Guest::start(&vm_dir);
+    let glob = format!("{}/vms/*/qmp.sock", root.path().display());
+    let agent = Agent::start(&root.path().join("agent"), &["--vm-socket-glob", &glob]);
+    agent.write_check(
+        "vm.yaml",
+        &vm_check(
+            "vm",
+            "g1",
+            "  action:\n    type: restartVM\n    maxRestarts: 3\n    backoff: {initialSeconds: 1}",
+        ),
+    );
+
+    // Running: all three checks ok, and the host counts its vCPU and memory.
+    let up = agent.wait_status("vm-g1", "default/vm", "ok", BOOT);
+    assert_eq!(up["spec"]["instance"]["kind"], "VM");
+    assert_eq!(up["status"]["state"], "running");
+    for which in ["systemStatus", "instanceStatus", "attachedVolumeStatus"] {
+        assert_eq!(status_of(&up, which), "ok", "{which}: {}", up["status"]);
+    }
+    let volume = &up["status"]["attachedVolumeStatus"]["details"][0];
+    assert_eq!(volume["name"], "data0", "{volume}");
+    let host = agent.json("/v1/host/status")["data"].clone();
+    assert_eq!(host["running_vms"], 1, "{host}");
+    assert_eq!(host["used_cpus"], 1.0, "{host}");
+    assert_eq!(host["used_memory_mb"], 256, "{host}");
+    assert_eq!(restarts(&up), 0, "a booting guest is not a failing one");
+
+    // Paused by its operator: not-applicable, no restart.
+    guest.qmp("stop");
+    let paused = agent.wait_status("vm-g1", "default/vm", "not-applicable", WAIT);
+    assert_eq!(paused["status"]["state"], "paused");
+    guest.qmp("cont");
+    agent.wait_status("vm-g1", "default/vm", "ok", WAIT);
+    assert_eq!(restarts(&agent.instance("vm-g1")), 0);
+
+    // The guest agent dies: Instance impaired (reachability) while System stays ok; the action
+    // resets the VM, the agent comes back with the guest, and the restart is counted.
+    let qga = vm_dir.join("qga.sock");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let kill = json!({"path": "/bin/sh", "arg": ["-c", "killall qemu-ga"], "capture-output": false});
+    rt.block_on(vigil::qemu::qga::execute(&qga, "guest-exec", Some(kill), Duration::from_secs(20))).unwrap();
+    let lost = agent.wait_for("/v1/instances/vm-g1", "reachability to fail", WAIT, |d| {
+        status_of(&d["data"], "instanceStatus") == "impaired"
+    })["data"]
+        .clone();
+    let entry = check_of(&lost, "default/vm").unwrap();
+    assert_eq!(entry["reason"], "guest-agent", "{entry}");
+    assert!(entry["message"].as_str().unwrap().contains("reachability"), "{entry}");
+    assert_eq!(status_of(&lost, "systemStatus"), "ok", "{}", lost["status"]);
+    assert!(
+        lost["status"]["instanceStatus"]["details"][0]["impairedSince"].is_string(),
+        "{}",
+        lost["status"]["instanceStatus"]
+    );
+    let back = agent.wait_for("/v1/instances/vm-g1", "the reset guest to answer again", BOOT, |d| {
+        restarts(&d["data"]) == 1 && check_of(&d["data"], "default/vm").is_some_and(|c| c["status"] == "ok")
+    })["data"]
+        .clone();
+    let record = &back["status"]["restarts"]["recent"][0];
+    assert_eq!(record["action"], "restartVM");
+    assert!(record["message"].as_str().unwrap().contains("system_reset"), "{record}");
+
+    // QEMU dies: System impaired, and the VM is not counted as running any more.
+    let pid = guest.pid();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let _ = guest.child.wait();
+    let dead = agent.wait_for("/v1/instances/vm-g1", "System impaired", WAIT, |d| {
+        status_of(&d["data"], "systemStatus") == "impaired"
+    })["data"]
+        .clone();
+    let details = dead["status"]["systemStatus"]["details"].as_array().unwrap();
+    assert!(details.iter().any(|d| d["name"] == "qemu-process" && d["status"] == "impaired"), "{details:?}");
+    assert!(details.iter().any(|d| d["name"] == "reachability" && d["status"] == "impaired"), "{details:?}");
+    assert_eq!(agent.json("/v1/host/status")["data"]["running_vms"], 0);
+}
+
+#[test]
+fn a_monitor_that_answers_garbage_is_insufficient_data() {
+    let root = tempfile::Builder::new().prefix("vq").tempdir_in("/tmp").unwrap();
+    let dir = root.path().join("vms").join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let listener = UnixListener::bind(dir.join("qmp.sock")).unwrap();
+    // Garbage to whoever connects, then a close in the middle of a line.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.write_all(b"{\"QMP\": {\"version\": 12}, \"capabil");
+            drop(s);
+        }
+    });
+    let glob = format!("{}/vms/*/qmp.sock", root.path().display());
+    let agent = Agent::start(&root.path().join("agent"), &["--vm-socket-glob", &glob]);
+    agent.write_check("vm.yaml", &vm_check("vm", "bad", ""));
+    let seen = agent.wait_status("vm-bad", "default/vm", "insufficient-data", WAIT);
+    let message = check_of(&seen, "default/vm").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("QMP"), "{message}");
+    assert_eq!(restarts(&seen), 0);
+    // The agent itself is fine.
+    assert_eq!(agent.json("/v1/health")["status"], "healthy");
+    let (status, _) = agent.get("/healthz");
+    assert_eq!(status, 200);
+}
