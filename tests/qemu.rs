@@ -174,6 +174,28 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     assert_eq!(record["action"], "restartVM");
     assert!(record["message"].as_str().unwrap().contains("system_reset"), "{record}");
 
+    // Maintenance: the VM named in the target's `suspend` list is left alone, and comes back
+    // when taken off it.
+    agent.write_check(
+        "vm.yaml",
+        &vm_check(
+            "vm",
+            "g1",
+            "  action:\n    type: restartVM\n    maxRestarts: 3\n    backoff: {initialSeconds: 1}",
+        )
+        .replace("      names: [g1]\n", "      names: [g1]\n      suspend: [g1]\n"),
+    );
+    agent.wait_status("vm-g1", "default/vm", "not-applicable", WAIT);
+    agent.write_check(
+        "vm.yaml",
+        &vm_check(
+            "vm",
+            "g1",
+            "  action:\n    type: restartVM\n    maxRestarts: 3\n    backoff: {initialSeconds: 1}",
+        ),
+    );
+    agent.wait_status("vm-g1", "default/vm", "ok", WAIT);
+
     // QEMU dies: System impaired, and the VM is not counted as running any more.
     let pid = guest.pid();
     rustix::process::kill_process(

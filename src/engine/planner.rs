@@ -67,19 +67,23 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
         let before = assignments.len();
         // Only commands read an environment; other probes do not carry one.
         let wants_env = matches!(check.probe, ProbeSpec::Exec(_));
-        let mut assign = |instance: &Instance, target: Target| {
+        let mut assign = |instance: &Instance, target: Target, in_maintenance: bool| {
             assignments.push(Assignment {
                 check: check.clone(),
                 instance_id: instance.id.clone(),
                 target: if wants_env { with_env(target, instance) } else { target },
                 // Paused or stopped by its owner: nothing to judge, nothing to restart.
-                suspended: check.suspend || instance.on_hold.is_some(),
+                suspended: check.suspend || instance.on_hold.is_some() || in_maintenance,
             });
         };
         match &check.target {
             TargetDef::Host => {
                 for host in discovered.iter().filter(|i| i.kind == InstanceKind::Host) {
-                    assign(host, Target::new(host.address.clone().unwrap_or_else(|| "127.0.0.1".to_owned())));
+                    assign(
+                        host,
+                        Target::new(host.address.clone().unwrap_or_else(|| "127.0.0.1".to_owned())),
+                        false,
+                    );
                 }
             }
             TargetDef::Endpoints { addresses, allow_link_local } => {
@@ -93,7 +97,7 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
                         container: None,
                         vm: None,
                     };
-                    assign(&instance, target);
+                    assign(&instance, target, false);
                     instances.entry(instance.id.clone()).or_insert(instance);
                 }
             }
@@ -121,7 +125,8 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
                         InstanceKind::Container => target.container = i.runtime_id.clone(),
                         _ => target.vm = i.runtime_id.clone(),
                     }
-                    assign(i, target);
+                    // In maintenance (`suspend`): tracked, not probed, never restarted.
+                    assign(i, target, sel.suspend.contains(&i.name));
                 }
             }
             TargetDef::Pods { selector } => {
@@ -140,7 +145,7 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
                         && selector.matches(&i.labels)
                 }) {
                     let Some(address) = &i.address else { continue };
-                    assign(i, Target::new(address.clone()));
+                    assign(i, Target::new(address.clone()), false);
                 }
             }
         }
@@ -222,6 +227,32 @@ spec:
         assert_eq!(h.target.host, "127.0.0.1");
         assert!(h.target.env.is_empty(), "only exec probes get an environment");
         assert!(p.notes.is_empty(), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn workloads_in_maintenance_are_tracked_but_not_probed() {
+        let vms = check(
+            "
+apiVersion: vigil.dev/v1alpha1
+kind: HealthCheck
+metadata: {name: vms}
+spec:
+  target: {vms: {names: [a, b], suspend: [b]}}
+  probe: {qmp: {checks: [runState]}}
+",
+        );
+        let vm = |name: &str| Instance {
+            id: format!("vm-{name}"),
+            kind: InstanceKind::Vm,
+            runtime_id: Some(format!("/run/vigil/vms/{name}/qmp.sock")),
+            ..Instance::host(name)
+        };
+        let sources = Sources { vms: true, ..Sources::default() };
+        let p = plan(&node(), &[vms], &[vm("a"), vm("b")], sources);
+        let by_id = |id: &str| p.assignments.iter().find(|a| a.instance_id == id).unwrap();
+        assert!(!by_id("vm-a").suspended);
+        assert_eq!(by_id("vm-a").target.vm.as_deref(), Some("/run/vigil/vms/a/qmp.sock"));
+        assert!(by_id("vm-b").suspended, "in maintenance");
     }
 
     #[test]

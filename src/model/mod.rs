@@ -118,6 +118,8 @@ pub struct WorkloadSelector {
     pub names: Vec<String>,
     /// Labels; a workload matching is selected.
     pub selector: Option<Selector>,
+    /// Names of workloads in maintenance.
+    pub suspend: Vec<String>,
 }
 
 impl WorkloadSelector {

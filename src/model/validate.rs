@@ -200,7 +200,7 @@ fn workload(errors: &mut Errors, field: &str, w: &api::WorkloadTarget) -> Option
         Some(s) => Some(selector(errors, &format!("{field}.selector"), s)?),
         None => None,
     };
-    Some(WorkloadSelector { names, selector })
+    Some(WorkloadSelector { names, selector, suspend: w.suspend.clone() })
 }
 
 fn selector(errors: &mut Errors, field: &str, s: &LabelSelector) -> Option<Selector> {

@@ -423,6 +423,9 @@ impl Prober {
                 (None, _) => Outcome::unknown("this agent has no QEMU runtime (see --vm-socket-glob)"),
                 (_, None) => Outcome::unknown("the qmp probe applies to vms targets only"),
             },
+            _ if target.host.is_empty() && target.vm.is_some() => {
+                Outcome::unknown("the VM's address is not known yet (the guest agent reports it)")
+            }
             (_, Some(container)) if target.host.is_empty() => match runtime() {
                 Ok(rt) => rt
                     .unreachable(container)

@@ -88,6 +88,9 @@ pub struct Vm {
     pub qmp: Result<(), String>,
     /// The guest-agent port, from `VSERPORT_CHANGE`.
     pub guest_port_open: Option<bool>,
+    /// The guest's address, from `guest-network-get-interfaces` (first non-loopback IPv4), for
+    /// network probes of the VM.
+    pub address: Option<String>,
     /// The guest agent has answered since the guest (re)started: until it has, a silent agent
     /// is a guest still booting (`insufficient-data`), not a failure.
     pub guest_agent_seen: bool,
@@ -217,7 +220,7 @@ impl QemuRuntime {
                     kind: InstanceKind::Vm,
                     name: vm.name.clone(),
                     node: node.to_owned(),
-                    address: None,
+                    address: vm.address.clone().filter(|_| running),
                     labels: BTreeMap::new(),
                     state: vm.instance_state(),
                     claimed: running
@@ -382,7 +385,10 @@ impl QemuRuntime {
             _ => None,
         };
         if matches!(event, qmp::Event::RESET { .. } | qmp::Event::SHUTDOWN { .. }) {
-            self.update(socket, |vm| vm.guest_agent_seen = false);
+            self.update(socket, |vm| {
+                vm.guest_agent_seen = false;
+                vm.address = None;
+            });
         }
         match (status, event) {
             (Some(status), _) => {
@@ -423,6 +429,22 @@ impl QemuRuntime {
         }
     }
 
+    async fn learn_address(&self, socket: &Path, qga_socket: &Path, timeout: Duration) {
+        let Ok(interfaces) = qga::execute(qga_socket, "guest-network-get-interfaces", None, timeout).await
+        else {
+            return;
+        };
+        let address = interfaces.as_array().into_iter().flatten().find_map(|i| {
+            i["ip-addresses"].as_array()?.iter().find_map(|a| {
+                let ip = a["ip-address"].as_str()?;
+                (a["ip-address-type"] == "ipv4" && !ip.starts_with("127.")).then(|| ip.to_owned())
+            })
+        });
+        if address.is_some() {
+            self.update(socket, |vm| vm.address = address);
+        }
+    }
+
     fn note_guest_agent(&self, socket: &Path) {
         let mut index = self.write();
         if let Some(vm) = index.vms.get_mut(socket) {
@@ -455,6 +477,9 @@ impl QemuRuntime {
                     match qga::execute(qga_socket, "guest-ping", None, timeout).await {
                         Ok(_) => {
                             self.note_guest_agent(socket);
+                            if vm.address.is_none() {
+                                self.learn_address(socket, qga_socket, timeout).await;
+                            }
                             passed.push("guest agent answers".to_owned());
                         }
                         Err(e) => return guest_agent_silent(&vm, &e),
@@ -521,6 +546,7 @@ fn new_vm(socket: &Path) -> Vm {
         qmp: Err("not connected yet".to_owned()),
         guest_port_open: None,
         guest_agent_seen: false,
+        address: None,
         failed_baseline: BTreeMap::new(),
         volumes: Vec::new(),
     }

@@ -110,6 +110,11 @@ pub struct WorkloadTarget {
     /// Label selector over the workload's labels (Docker labels for containers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
+
+    /// Names of selected workloads in maintenance: their checks are `not-applicable` and
+    /// nothing is restarted, until they are taken off this list. Their recorded state is kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspend: Vec<String>,
 }
 
 /// The node itself. Has no fields; write `host: {}`.
