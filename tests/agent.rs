@@ -647,3 +647,20 @@ fn a_failing_target_is_probed_at_the_failing_period() {
     }
     assert!(later - seen <= 1, "{} probes in 3 s after recovery, with a 30 s period", later - seen);
 }
+
+#[test]
+fn an_idle_agent_does_not_reread_its_checks_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    let agent = Agent::start(dir.path(), &[]);
+    agent.write_check("web.yaml", &endpoint_http("web", &target.address(), ""));
+    agent.wait_status(&endpoint_id(&target.address()), "default/web", "ok", WAIT);
+    // Reading the folder must not count as a change to it: only the periodic rescan (every 2 s
+    // here) reads it again.
+    let reads = |log: &str| log.matches("checks folder read").count();
+    let before = reads(&agent.logs());
+    std::thread::sleep(Duration::from_secs(3));
+    let during = reads(&agent.logs()) - before;
+    assert!(during <= 2, "the folder was read {during} times in 3 s:\n{}", agent.logs());
+}

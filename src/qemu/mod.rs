@@ -474,6 +474,13 @@ impl QemuRuntime {
                     let Some(qga_socket) = &vm.qga_socket else {
                         return Outcome::unknown("no guest-agent socket beside the QMP socket");
                     };
+                    // The port closed (VSERPORT_CHANGE): no need to wait for a timeout.
+                    if vm.guest_agent_seen && vm.guest_port_open == Some(false) {
+                        return Outcome::unhealthy(
+                            Reason::GuestAgent,
+                            "reachability: the guest closed the guest-agent port (the agent stopped)",
+                        );
+                    }
                     match qga::execute(qga_socket, "guest-ping", None, timeout).await {
                         Ok(_) => {
                             self.note_guest_agent(socket);

@@ -230,7 +230,9 @@ pub async fn watch(dir: PathBuf, rescan: Duration, tx: mpsc::Sender<Result<Snaps
         use notify::Watcher;
         let tx = events_tx.clone();
         let made = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Reading the folder (ours included) is not a change: reacting to accesses would
+            // reload forever.
+            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
                 // Full channel: a reload is already pending, which is enough.
                 let _ = tx.try_send(());
             }
@@ -263,6 +265,7 @@ pub async fn watch(dir: PathBuf, rescan: Duration, tx: mpsc::Sender<Result<Snaps
         let dir2 = dir.clone();
         let snapshot = tokio::task::spawn_blocking(move || load(&dir2)).await;
         let Ok(snapshot) = snapshot else { continue };
+        tracing::debug!(dir = %dir.display(), "checks folder read");
         if tx.send(snapshot).await.is_err() {
             break;
         }
