@@ -99,6 +99,15 @@ fn vm_check(name: &str, vm: &str, extra: &str) -> String {
     )
 }
 
+/// The check of the guest test: every qmp check, `restartVM` on failure.
+fn restarted_vm_check() -> String {
+    vm_check(
+        "vm",
+        "g1",
+        "  action:\n    type: restartVM\n    maxRestarts: 3\n    backoff: {initialSeconds: 1}",
+    )
+}
+
 fn status_of<'a>(instance: &'a Value, which: &str) -> &'a Value {
     &instance["status"][which]["status"]
 }
@@ -115,14 +124,7 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     let mut guest = Guest::start(&vm_dir);
     let glob = format!("{}/vms/*/qmp.sock", root.path().display());
     let agent = Agent::start(&root.path().join("agent"), &["--vm-socket-glob", &glob]);
-    agent.write_check(
-        "vm.yaml",
-        &vm_check(
-            "vm",
-            "g1",
-            "  action:\n    type: restartVM\n    maxRestarts: 3\n    backoff: {initialSeconds: 1}",
-        ),
-    );
+    agent.write_check("vm.yaml", &restarted_vm_check());
 
     // Running: all three checks ok, and the host counts its vCPU and memory.
     let up = agent.wait_status("vm-g1", "default/vm", "ok", BOOT);
@@ -178,22 +180,10 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     // when taken off it.
     agent.write_check(
         "vm.yaml",
-        &vm_check(
-            "vm",
-            "g1",
-            "  action:\n    type: restartVM\n    maxRestarts: 3\n    backoff: {initialSeconds: 1}",
-        )
-        .replace("      names: [g1]\n", "      names: [g1]\n      suspend: [g1]\n"),
+        &restarted_vm_check().replace("      names: [g1]\n", "      names: [g1]\n      suspend: [g1]\n"),
     );
     agent.wait_status("vm-g1", "default/vm", "not-applicable", WAIT);
-    agent.write_check(
-        "vm.yaml",
-        &vm_check(
-            "vm",
-            "g1",
-            "  action:\n    type: restartVM\n    maxRestarts: 3\n    backoff: {initialSeconds: 1}",
-        ),
-    );
+    agent.write_check("vm.yaml", &restarted_vm_check());
     agent.wait_status("vm-g1", "default/vm", "ok", WAIT);
 
     // QEMU dies: System impaired, and the VM is not counted as running any more.
