@@ -42,12 +42,18 @@ pub struct QemuConfig {
     /// Glob patterns of QMP sockets.
     pub socket_globs: Vec<String>,
     /// How often the globs are looked at again.
+    #[serde(rename = "rescanSeconds", serialize_with = "seconds")]
     pub rescan: Duration,
     /// How long `restartVM` waits for the guest agent after `system_reset`.
+    #[serde(rename = "resetTimeoutSeconds", serialize_with = "seconds")]
     pub reset_timeout: Duration,
     /// Run (`sh -c`) when the guest does not come back after a reset; gets `VIGIL_VM_NAME` and
     /// `VIGIL_VM_DIR`.
     pub restart_command: Option<String>,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 /// Commands whose answers are read as plain JSON.
