@@ -111,8 +111,9 @@ pub struct AgentArgs {
     #[arg(long, env = "VIGIL_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
 
-    /// Docker Engine socket. Default: /var/run/docker.sock when it exists (no Docker runtime
-    /// otherwise). Given explicitly, the agent waits for the daemon if it is not there yet.
+    /// Docker Engine socket. Default: `DOCKER_HOST` when it names a unix socket, else
+    /// /var/run/docker.sock when it exists (no Docker runtime otherwise). Given explicitly, the
+    /// agent waits for the daemon if it is not there yet.
     #[arg(long, env = "VIGIL_DOCKER_SOCKET", conflicts_with = "no_docker")]
     pub docker_socket: Option<String>,
 

@@ -173,7 +173,11 @@ impl AgentConfig {
         let docker_socket = match (no_docker, docker_socket) {
             (true, _) => None,
             (false, Some(socket)) => Some(socket),
-            (false, None) => std::path::Path::new(default_socket).exists().then(|| default_socket.to_owned()),
+            // Docker's own variable (unix sockets only), then the default socket if it is there.
+            (false, None) => std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|h| h.starts_with("unix://"))
+                .or_else(|| std::path::Path::new(default_socket).exists().then(|| default_socket.to_owned())),
         };
         let node_name = node_name.unwrap_or_else(|| {
             host::figures().map(|f| f.hostname).unwrap_or_else(|_| "localhost".to_owned())

@@ -741,6 +741,38 @@ mod tests {
         assert_eq!(block_observations(&empty, &json!([]), &baseline).0[0].message, "no medium inserted");
     }
 
+    #[tokio::test]
+    async fn a_vm_that_cannot_be_reset_escalates_to_the_restart_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("db").join("qmp.sock");
+        let marker = dir.path().join("escalated");
+        let config = |command: Option<String>| QemuConfig {
+            socket_globs: Vec::new(),
+            rescan: Duration::from_secs(2),
+            reset_timeout: Duration::from_secs(1),
+            restart_command: command,
+        };
+        let command = format!("echo \"$VIGIL_VM_NAME $VIGIL_VM_DIR\" > {}", marker.display());
+        let qemu = QemuRuntime::new(config(Some(command)));
+        // Known, but QMP does not answer: system_reset cannot be sent.
+        qemu.write().vms.insert(socket.clone(), new_vm(&socket));
+        let done = restart(&qemu, "db").await.unwrap();
+        assert!(done.contains("system_reset failed") && done.contains("ran the restart command"), "{done}");
+        let seen = std::fs::read_to_string(&marker).unwrap();
+        assert_eq!(seen.trim(), format!("db {}", dir.path().join("db").display()));
+
+        // Without a command to escalate to, the action fails and says what is missing.
+        let qemu = QemuRuntime::new(config(None));
+        qemu.write().vms.insert(socket.clone(), new_vm(&socket));
+        let failed = restart(&qemu, "db").await.unwrap_err().to_string();
+        assert!(failed.contains("no --vm-restart-command"), "{failed}");
+        // A failing command is a failed action.
+        let qemu = QemuRuntime::new(config(Some("echo no >&2; exit 3".to_owned())));
+        qemu.write().vms.insert(socket.clone(), new_vm(&socket));
+        let failed = restart(&qemu, "db").await.unwrap_err().to_string();
+        assert!(failed.contains("the restart command failed") && failed.contains("no"), "{failed}");
+    }
+
     #[test]
     fn full_filesystems_are_named() {
         let fs = json!([{"mountpoint": "/data", "total-bytes": 100, "used-bytes": 95}]);
