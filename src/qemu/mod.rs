@@ -80,8 +80,6 @@ pub struct Vm {
     pub name: String,
     /// The QMP socket.
     pub qmp_socket: PathBuf,
-    /// The guest-agent socket beside it, when there is one.
-    pub qga_socket: Option<PathBuf>,
     /// QEMU's pid (the QMP socket's peer).
     pub pid: Option<i32>,
     /// Configured vCPUs.
@@ -107,6 +105,13 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// The guest-agent socket beside the QMP socket, when there is one. Looked at each time:
+    /// QEMU creates it a moment after the QMP socket.
+    pub fn qga_socket(&self) -> Option<PathBuf> {
+        let qga = self.qmp_socket.with_file_name("qga.sock");
+        qga.exists().then_some(qga)
+    }
+
     fn instance_state(&self) -> InstanceState {
         match (&self.qmp, self.status.as_deref()) {
             (Err(_), _) => InstanceState::Unknown,
@@ -319,66 +324,49 @@ impl QemuRuntime {
             .map_err(|e| format!("QMP negotiation failed: {e}"))?;
         let (service, mut events) = qapi_stream.into_parts();
         let service = Arc::new(service);
-        // Replies are read by the event stream: poll it while asking the first questions.
-        let ask = async {
+        // Replies are read by the event stream: it is pumped for as long as the session lasts,
+        // and everything else simply awaits its commands.
+        let pump = async {
+            while let Some(event) = events.next().await {
+                let event = event.map_err(|e| format!("QMP stream: {e}"))?;
+                self.apply_event(socket, &event);
+            }
+            Ok(())
+        };
+        let work = async {
             let name = service.execute(qmp::query_name {}).await.ok().and_then(|n| n.name);
             let status =
                 service.execute(qmp::query_status {}).await.map_err(|e| format!("query-status: {e}"))?;
             let cpus = service.execute(QueryCpusFast {}).await.ok();
             let memory = service.execute(qmp::query_memory_size_summary {}).await.ok();
-            Ok::<_, String>((name, status, cpus, memory))
-        };
-        tokio::pin!(ask);
-        let first = loop {
-            tokio::select! {
-                r = &mut ask => break r?,
-                e = events.next() => match e {
-                    Some(Ok(event)) => self.apply_event(socket, &event),
-                    Some(Err(e)) => return Err(format!("QMP stream: {e}")),
-                    None => return Err("QMP closed during the first questions".to_owned()),
-                },
-            }
-        };
-        let (name, status, cpus, memory) = first;
-        let vcpus = cpus.as_ref().and_then(Value::as_array).map_or(0, |a| a.len() as u32);
-        let memory_mb = memory.map_or(0, |m| (m.base_memory + m.plugged_memory.unwrap_or(0)) / (1024 * 1024));
-        let status = enum_name(&status.status);
-        self.services.write().unwrap_or_else(|e| e.into_inner()).insert(socket.to_owned(), service.clone());
-        self.update(socket, |vm| {
-            if let Some(name) = name.filter(|n| !n.is_empty()) {
-                vm.name = name;
-            }
-            vm.pid = pid.or(vm.pid);
-            vm.vcpus = vcpus;
-            vm.memory_mb = memory_mb;
-            vm.status = Some(status.clone());
-            vm.qmp = Ok(());
-        });
-        info!(socket = %socket.display(), status, vcpus, memory_mb, "QMP connected");
-        let mut volumes_tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                e = events.next() => match e {
-                    Some(Ok(event)) => self.apply_event(socket, &event),
-                    Some(Err(e)) => return Err(format!("QMP stream: {e}")),
-                    None => return Ok(()),
-                },
-                _ = volumes_tick.tick() => {
-                    let look = self.look_at_volumes(socket, &service);
-                    tokio::pin!(look);
-                    // Keep reading (the replies come through the event stream).
-                    loop {
-                        tokio::select! {
-                            () = &mut look => break,
-                            e = events.next() => match e {
-                                Some(Ok(event)) => self.apply_event(socket, &event),
-                                Some(Err(e)) => return Err(format!("QMP stream: {e}")),
-                                None => return Ok(()),
-                            },
-                        }
-                    }
+            let vcpus = cpus.as_ref().and_then(Value::as_array).map_or(0, |a| a.len() as u32);
+            let memory_mb =
+                memory.map_or(0, |m| (m.base_memory + m.plugged_memory.unwrap_or(0)) / (1024 * 1024));
+            let status = enum_name(&status.status);
+            self.services
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(socket.to_owned(), service.clone());
+            self.update(socket, |vm| {
+                if let Some(name) = name.filter(|n| !n.is_empty()) {
+                    vm.name = name;
                 }
+                vm.pid = pid.or(vm.pid);
+                vm.vcpus = vcpus;
+                vm.memory_mb = memory_mb;
+                vm.status = Some(status.clone());
+                vm.qmp = Ok(());
+            });
+            info!(socket = %socket.display(), status, vcpus, memory_mb, "QMP connected");
+            let mut volumes_tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                volumes_tick.tick().await;
+                self.look_at_volumes(socket, &service).await;
             }
+        };
+        tokio::select! {
+            r = pump => r,
+            r = work => r,
         }
     }
 
@@ -477,7 +465,7 @@ impl QemuRuntime {
                     None => return Outcome::unknown("run state not known yet"),
                 },
                 "guestAgent" => {
-                    let Some(qga_socket) = &vm.qga_socket else {
+                    let Some(qga_socket) = vm.qga_socket() else {
                         return Outcome::unknown("no guest-agent socket beside the QMP socket");
                     };
                     // The port closed (VSERPORT_CHANGE): no need to wait for a timeout.
@@ -487,11 +475,11 @@ impl QemuRuntime {
                             "reachability: the guest closed the guest-agent port (the agent stopped)",
                         );
                     }
-                    match qga::execute(qga_socket, "guest-ping", None, timeout).await {
+                    match qga::execute(&qga_socket, "guest-ping", None, timeout).await {
                         Ok(_) => {
                             self.note_guest_agent(socket);
                             if vm.address.is_none() {
-                                self.learn_address(socket, qga_socket, timeout).await;
+                                self.learn_address(socket, &qga_socket, timeout).await;
                             }
                             passed.push("guest agent answers".to_owned());
                         }
@@ -505,10 +493,10 @@ impl QemuRuntime {
                     passed.push(format!("{} block devices ok", vm.volumes.len()));
                 }
                 "filesystems" => {
-                    let Some(qga_socket) = &vm.qga_socket else {
+                    let Some(qga_socket) = vm.qga_socket() else {
                         return Outcome::unknown("no guest-agent socket beside the QMP socket");
                     };
-                    match qga::execute(qga_socket, "guest-get-fsinfo", None, timeout).await {
+                    match qga::execute(&qga_socket, "guest-get-fsinfo", None, timeout).await {
                         Ok(fs) => {
                             if let Some(full) = full_filesystem(&fs, spec.filesystem_usage_percent) {
                                 return Outcome::unhealthy(Reason::FilesystemFull, full);
@@ -547,11 +535,9 @@ fn new_vm(socket: &Path) -> Vm {
         Some(stem) => stem.to_owned(),
         None => dir.file_name().and_then(|n| n.to_str()).unwrap_or("vm").to_owned(),
     };
-    let qga = dir.join("qga.sock");
     Vm {
         name,
         qmp_socket: socket.to_owned(),
-        qga_socket: qga.exists().then_some(qga),
         pid: None,
         vcpus: 0,
         memory_mb: 0,
@@ -676,13 +662,13 @@ async fn restart(qemu: &QemuRuntime, name: &str) -> Result<String, ActionError> 
     };
     let deadline = tokio::time::Instant::now() + qemu.config.reset_timeout;
     if reset.is_ok()
-        && let Some(qga_socket) = &vm.qga_socket
+        && let Some(qga_socket) = vm.qga_socket()
     {
         let started = tokio::time::Instant::now();
         // Give the reset a moment to take the old agent away before asking.
         tokio::time::sleep(Duration::from_secs(1)).await;
         while tokio::time::Instant::now() < deadline {
-            if qga::execute(qga_socket, "guest-ping", None, Duration::from_secs(3)).await.is_ok() {
+            if qga::execute(&qga_socket, "guest-ping", None, Duration::from_secs(3)).await.is_ok() {
                 return Ok(format!("system_reset; guest agent back after {}s", started.elapsed().as_secs()));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
