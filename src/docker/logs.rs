@@ -99,6 +99,18 @@ impl LineSplitter {
         }
     }
 
+    /// Takes one frame as bollard decoded it (a TTY's output counts as stdout; stdin is not
+    /// output).
+    pub fn push_frame(&mut self, frame: &LogOutput, out: &mut VecDeque<LogLine>) {
+        match frame {
+            LogOutput::StdErr { message } => self.push(Output::Stderr, message, out),
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                self.push(Output::Stdout, message, out)
+            }
+            LogOutput::StdIn { .. } => {}
+        }
+    }
+
     /// Flushes lines that never got their newline (the stream ended).
     pub fn finish(&mut self, out: &mut VecDeque<LogLine>) {
         for (i, output) in [Output::Stdout, Output::Stderr].into_iter().enumerate() {
@@ -166,11 +178,7 @@ async fn entries_for(client: &Docker, id: &str, n: usize) -> Result<(usize, usiz
         while let Some(frame) = frames.next().await {
             let frame = frame.map_err(|e| engine_message(&e))?;
             seen += 1;
-            if let LogOutput::StdErr { message } = &frame {
-                splitter.push(Output::Stderr, message, &mut out);
-            } else if let LogOutput::StdOut { message } | LogOutput::Console { message } = &frame {
-                splitter.push(Output::Stdout, message, &mut out);
-            }
+            splitter.push_frame(&frame, &mut out);
         }
         splitter.finish(&mut out);
         // Enough lines, or the whole history is in.
@@ -209,16 +217,7 @@ fn lines(client: &Docker, id: &str, entries: Option<usize>, follow: bool) -> Log
                 return None;
             }
             match s.frames.next().await {
-                Some(Ok(frame)) => {
-                    let (output, bytes) = match frame {
-                        LogOutput::StdErr { message } => (Output::Stderr, message),
-                        LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                            (Output::Stdout, message)
-                        }
-                        LogOutput::StdIn { .. } => continue,
-                    };
-                    s.splitter.push(output, &bytes, &mut s.ready);
-                }
+                Some(Ok(frame)) => s.splitter.push_frame(&frame, &mut s.ready),
                 Some(Err(e)) => {
                     s.done = true;
                     s.splitter.finish(&mut s.ready);

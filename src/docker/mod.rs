@@ -363,7 +363,7 @@ impl DockerRuntime {
     /// The latest resource figures of a container.
     pub fn resources(&self, id: &str) -> Option<(Timestamp, Resources)> {
         let stats = self.stats.read().unwrap_or_else(|e| e.into_inner());
-        stats.get(id).map(|s| (s.at, s.resources.clone()))
+        stats.get(id).map(|s| (s.at, Resources::from(&s.raw)))
     }
 
     /// The instances, as the planner sees them.
@@ -572,7 +572,7 @@ impl DockerRuntime {
                 "vigil_container_cpu_percent",
                 "CPU used between the last two samples, percent of one CPU.",
                 GAUGE,
-                &|c, _| self.resources(&c.id).and_then(|(_, r)| r.cpu_percent),
+                &|_, r| r?.cpu_percent,
             ),
             ("vigil_container_memory_usage_bytes", "Memory in use, without page cache.", GAUGE, &|_, r| {
                 r?.memory_bytes.map(|v| v as f64)

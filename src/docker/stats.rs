@@ -59,18 +59,18 @@ pub struct Resources {
     pub pids: Option<u64>,
 }
 
-/// One sample, with what the next CPU percentage needs.
+/// One sample: raw figures, for metrics, for [`Resources`] and for the next percentage.
 #[derive(Clone, Debug)]
 pub(super) struct Sample {
     pub at: Timestamp,
-    pub resources: Resources,
-    /// Raw figures, for metrics and the next percentage.
     pub raw: Raw,
 }
 
 /// Raw counters of a sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Raw {
+    /// CPU used since the previous sample, percent of one CPU.
+    pub cpu_percent: Option<f64>,
     /// Container CPU time, ns.
     pub cpu_total_ns: Option<u64>,
     /// Host CPU time, ns (jiffies × …, as Docker reports it).
@@ -103,13 +103,32 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+impl From<&Raw> for Resources {
+    fn from(raw: &Raw) -> Resources {
+        Resources {
+            cpu_percent: raw.cpu_percent,
+            memory_usage_mb: mib(raw.memory_bytes),
+            memory_limit_mb: mib(raw.memory_limit_bytes),
+            memory_percent: match (raw.memory_bytes, raw.memory_limit_bytes) {
+                (Some(u), Some(l)) => Some(round2(u as f64 / l as f64 * 100.0)),
+                _ => None,
+            },
+            network_rx_mb: mib(raw.rx_bytes),
+            network_tx_mb: mib(raw.tx_bytes),
+            block_read_mb: mib(raw.read_bytes),
+            block_write_mb: mib(raw.write_bytes),
+            pids: raw.pids,
+        }
+    }
+}
+
 /// The figures of one stats answer. `previous` is the container's last sample, for the CPU
 /// percentage; `cgroup_io` is read when the API has no block-I/O figures.
 pub fn figures(
     stats: &ContainerStatsResponse,
     previous: Option<&Raw>,
     cgroup_io: impl FnOnce() -> Option<(u64, u64)>,
-) -> (Resources, Raw) {
+) -> Raw {
     let cpu = stats.cpu_stats.as_ref();
     let memory = stats.memory_stats.as_ref();
     let cache = memory
@@ -136,7 +155,8 @@ pub fn figures(
         Some(entries) => (Some(sum_op(entries, "read")), Some(sum_op(entries, "write"))),
         None => cgroup_io().map_or((None, None), |(r, w)| (Some(r), Some(w))),
     };
-    let raw = Raw {
+    let mut raw = Raw {
+        cpu_percent: None,
         cpu_total_ns: cpu.and_then(|c| c.cpu_usage.as_ref()).and_then(|u| u.total_usage),
         system_ns: cpu.and_then(|c| c.system_cpu_usage),
         online_cpus: cpu.and_then(|c| {
@@ -152,27 +172,13 @@ pub fn figures(
         write_bytes,
         pids: stats.pids_stats.as_ref().and_then(|p| p.current),
     };
-    let cpu_percent = previous.and_then(|p| {
+    raw.cpu_percent = previous.and_then(|p| {
         let container = raw.cpu_total_ns?.checked_sub(p.cpu_total_ns?)?;
         let system = raw.system_ns?.checked_sub(p.system_ns?)?;
         let cpus = f64::from(raw.online_cpus?);
         (system > 0).then(|| round2(container as f64 / system as f64 * cpus * 100.0))
     });
-    let resources = Resources {
-        cpu_percent,
-        memory_usage_mb: mib(raw.memory_bytes),
-        memory_limit_mb: mib(raw.memory_limit_bytes),
-        memory_percent: match (raw.memory_bytes, raw.memory_limit_bytes) {
-            (Some(u), Some(l)) => Some(round2(u as f64 / l as f64 * 100.0)),
-            _ => None,
-        },
-        network_rx_mb: mib(raw.rx_bytes),
-        network_tx_mb: mib(raw.tx_bytes),
-        block_read_mb: mib(raw.read_bytes),
-        block_write_mb: mib(raw.write_bytes),
-        pids: raw.pids,
-    };
-    (resources, raw)
+    raw
 }
 
 fn sum_op(entries: &[ContainerBlkioStatEntry], op: &str) -> u64 {
@@ -281,8 +287,8 @@ pub async fn collect(docker: DockerRuntime, config: StatsConfig, cancel: Cancell
             for (id, answer) in samples {
                 let Some(answer) = answer else { continue };
                 let previous = stats.get(&id).map(|s| &s.raw);
-                let (resources, raw) = figures(&answer, previous, || cgroup_io(&cgroup_root, &id));
-                fresh.insert(id, Sample { at: now, resources, raw });
+                let raw = figures(&answer, previous, || cgroup_io(&cgroup_root, &id));
+                fresh.insert(id, Sample { at: now, raw });
             }
             debug!(containers = fresh.len(), "container stats sampled");
             // Stopped and removed containers leave with this.
@@ -328,7 +334,8 @@ mod tests {
                 "networks":{"eth0":{"rx_bytes":1048576,"tx_bytes":2097152}},
                 "blkio_stats":{"io_service_bytes_recursive":[]},"pids_stats":{"current":3}}"#,
         );
-        let (r1, raw1) = figures(&first, None, || None);
+        let raw1 = figures(&first, None, || None);
+        let r1 = Resources::from(&raw1);
         assert_eq!(r1.cpu_percent, None, "one sample gives no percentage");
         assert_eq!(r1.memory_usage_mb, Some(96.0));
         assert_eq!(r1.memory_limit_mb, Some(200.0));
@@ -341,7 +348,7 @@ mod tests {
                 "blkio_stats":{"io_service_bytes_recursive":null}}"#,
         );
         // 1 s of container CPU over 2 s of host time on 2 CPUs: one CPU busy.
-        let (r2, _) = figures(&second, Some(&raw1), || Some((3 * 1048576, 1048576)));
+        let r2 = Resources::from(&figures(&second, Some(&raw1), || Some((3 * 1048576, 1048576))));
         assert_eq!(r2.cpu_percent, Some(100.0));
         assert_eq!((r2.block_read_mb, r2.block_write_mb), (Some(3.0), Some(1.0)));
     }
@@ -353,7 +360,7 @@ mod tests {
                 {"major":8,"minor":0,"op":"Read","value":1048576},{"major":8,"minor":0,"op":"Write","value":2097152},
                 {"major":8,"minor":16,"op":"read","value":1048576}]}}"#,
         );
-        let (r, _) = figures(&a, None, || panic!("the API had figures"));
+        let r = Resources::from(&figures(&a, None, || panic!("the API had figures")));
         assert_eq!((r.block_read_mb, r.block_write_mb), (Some(2.0), Some(2.0)));
     }
 
