@@ -343,7 +343,10 @@ fn stats_move_when_a_container_burns_cpu_and_allocates_memory() {
     assert!(idle["resources"]["pids"].as_u64().unwrap() >= 1, "{idle}");
     // Block I/O: a figure from the API or the cgroup, or null where neither has one — never
     // a made-up zero from empty arrays.
-    assert!(idle["resources"]["blockReadMB"].is_number() || idle["resources"]["blockReadMB"].is_null());
+    for key in ["blockReadMB", "blockWriteMB"] {
+        let figure = idle["resources"].get(key).unwrap_or_else(|| panic!("{key} missing: {idle}"));
+        assert!(figure.is_number() || figure.is_null(), "{key}: {figure}");
+    }
 
     // Burn a CPU.
     c.exec("(while :; do :; done) >/dev/null 2>&1 & echo started");
