@@ -8,8 +8,8 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use support::schema;
 use vigil::api::HealthCheck;
+use vigil_test_apiserver::schema;
 
 const REGENERATE: &str = "make crds (or VIGIL_UPDATE_CRDS=1 cargo test --test crds)";
 

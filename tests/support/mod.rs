@@ -4,5 +4,4 @@
 
 pub mod agent;
 pub mod docker;
-pub mod schema;
 pub mod servers;

@@ -7,8 +7,6 @@
 //! Simplified against the real server: `format` is not checked, `x-kubernetes-list-type` and
 //! map keys are not enforced, and CEL cost limits are not computed.
 
-#![allow(dead_code)]
-
 use serde_json::{Map, Value};
 
 /// What validation found.

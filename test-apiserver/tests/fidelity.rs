@@ -1,0 +1,814 @@
+//! The stand-in's own fidelity suite: each test is a behaviour of the real API server that the
+//! project's controller and agent rely on, checked through the in-process face with the same
+//! requests a client sends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![recursion_limit = "256"]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use vigil_test_apiserver::{ApiServer, Config, Fault, Rule, User};
+
+const CRD: &str = "widgets.example.dev";
+const WIDGETS: &str = "/apis/example.dev/v1/namespaces/default/widgets";
+
+/// A CRD with what the schema rules exercise: required, enum, bounds, a default, a CEL rule,
+/// a list-map, a status subresource and printer columns.
+fn widget_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD},
+        "spec": {
+            "group": "example.dev",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wg"]},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
+                    {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+                    {"name": "Color", "type": "string", "jsonPath": ".spec.color", "priority": 1},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {
+                        "spec": {
+                            "type": "object",
+                            "required": ["size"],
+                            "x-kubernetes-validations": [{"rule": "self.size <= self.max", "message": "size must not exceed max"}],
+                            "properties": {
+                                "size": {"type": "integer", "minimum": 1, "maximum": 100},
+                                "max": {"type": "integer", "default": 10},
+                                "color": {"type": "string", "enum": ["red", "blue"]},
+                                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "ports": {
+                                    "type": "array",
+                                    "x-kubernetes-list-type": "map",
+                                    "x-kubernetes-list-map-keys": ["name"],
+                                    "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}},
+                                },
+                            },
+                        },
+                        "status": {
+                            "type": "object",
+                            "properties": {
+                                "observed": {"type": "integer"},
+                                "conditions": {"type": "array", "items": {"type": "object", "properties": {"type": {"type": "string"}, "status": {"type": "string"}}}},
+                            },
+                        },
+                    },
+                }},
+            }],
+        },
+    })
+}
+
+fn widget(name: &str, size: i64) -> Value {
+    json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": name}, "spec": {"size": size}})
+}
+
+struct Api {
+    server: ApiServer,
+    client: kube::Client,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Api {
+    async fn new() -> Self {
+        Self::with(Config::default()).await
+    }
+
+    async fn with(config: Config) -> Self {
+        let server = ApiServer::with_config(config);
+        let client = server.client();
+        let api = Api { server, client };
+        let created = api
+            .call(Method::POST, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "", &widget_crd())
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        api
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<http::Response<kube::client::Body>, kube::Error> {
+        let content_type = if content_type.is_empty() { "application/json" } else { content_type };
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", content_type)
+            .body(body.to_vec())
+            .unwrap();
+        self.client.send(request.map(kube::client::Body::from)).await
+    }
+
+    async fn call(&self, method: Method, path: &str, content_type: &str, body: &Value) -> Answer {
+        let bytes = if body.is_null() { Bytes::new() } else { Bytes::from(body.to_string()) };
+        let response = self.raw(method, path, content_type, bytes).await.expect("the stand-in answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer { status, headers, body }
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, "", &Value::Null).await
+    }
+
+    async fn create(&self, object: &Value) -> Value {
+        let a = self.call(Method::POST, WIDGETS, "", object).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        a.body
+    }
+
+    async fn merge(&self, path: &str, patch: Value) -> Answer {
+        self.call(Method::PATCH, path, "application/merge-patch+json", &patch).await
+    }
+
+    async fn apply(&self, path: &str, manager: &str, force: bool, config: Value) -> Answer {
+        let path = format!("{path}?fieldManager={manager}&force={force}");
+        self.call(Method::PATCH, &path, "application/apply-patch+yaml", &config).await
+    }
+
+    async fn watch(&self, query: &str) -> Watch {
+        let path = format!("{WIDGETS}?watch=true&{query}");
+        let response = self.raw(Method::GET, &path, "", Bytes::new()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        Watch { body: response.into_body(), buffer: Vec::new() }
+    }
+}
+
+/// The lines of a watch.
+struct Watch {
+    body: kube::client::Body,
+    buffer: Vec<u8>,
+}
+
+impl Watch {
+    /// The next event, or None when nothing comes within `wait` (or the watch ended).
+    async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).unwrap());
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame()).await.ok()??.ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buffer.extend_from_slice(&data);
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Value {
+        self.next_within(Duration::from_secs(5)).await.expect("a watch event within 5 s")
+    }
+
+    /// The next event that is not a bookmark.
+    async fn next_change(&mut self) -> Value {
+        loop {
+            let e = self.next().await;
+            if e["type"] != "BOOKMARK" {
+                return e;
+            }
+        }
+    }
+}
+
+fn rv(object: &Value) -> String {
+    object["metadata"]["resourceVersion"].as_str().unwrap().to_owned()
+}
+
+fn path_of(name: &str) -> String {
+    format!("{WIDGETS}/{name}")
+}
+
+#[tokio::test]
+async fn a_put_with_a_stale_resource_version_is_refused_with_409() {
+    let api = Api::new().await;
+    let first = api.create(&widget("w", 1)).await;
+    let mut stale = first.clone();
+    let moved = api.merge(&path_of("w"), json!({"spec": {"size": 2}})).await;
+    assert_eq!(moved.status, StatusCode::OK);
+    assert_ne!(rv(&moved.body), rv(&first), "a write gets a new resourceVersion");
+    stale["spec"]["size"] = json!(3);
+    let refused = api.call(Method::PUT, &path_of("w"), "", &stale).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert_eq!(refused.body["reason"], "Conflict");
+    assert_eq!(
+        refused.body["message"],
+        "Operation cannot be fulfilled on widgets.example.dev \"w\": the object has been modified; please apply your changes to the latest version and try again"
+    );
+    let mut fresh = moved.body.clone();
+    fresh["spec"]["size"] = json!(3);
+    let accepted = api.call(Method::PUT, &path_of("w"), "", &fresh).await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.body);
+    assert_eq!(accepted.body["spec"]["size"], 3);
+}
+
+#[tokio::test]
+async fn status_and_spec_writes_are_isolated_and_only_spec_bumps_generation() {
+    let api = Api::new().await;
+    let mut with_status = widget("w", 1);
+    with_status["status"] = json!({"observed": 7});
+    let created = api.create(&with_status).await;
+    assert!(created.get("status").is_none(), "create cannot set status: {created}");
+    assert_eq!(created["metadata"]["generation"], 1);
+
+    // Status through /status: spec changes in the same body are ignored, generation stays.
+    let status = api
+        .merge(&format!("{}/status", path_of("w")), json!({"spec": {"size": 50}, "status": {"observed": 1}}))
+        .await;
+    assert_eq!(status.status, StatusCode::OK, "{}", status.body);
+    assert_eq!(status.body["status"]["observed"], 1);
+    assert_eq!(status.body["spec"]["size"], 1);
+    assert_eq!(status.body["metadata"]["generation"], 1);
+
+    // Spec through the main resource: status in the same body is ignored, generation moves.
+    let spec = api.merge(&path_of("w"), json!({"spec": {"size": 2}, "status": {"observed": 99}})).await;
+    assert_eq!(spec.body["spec"]["size"], 2);
+    assert_eq!(spec.body["status"]["observed"], 1);
+    assert_eq!(spec.body["metadata"]["generation"], 2);
+
+    // Metadata alone does not move generation.
+    let labels = api.merge(&path_of("w"), json!({"metadata": {"labels": {"a": "b"}}})).await;
+    assert_eq!(labels.body["metadata"]["generation"], 2);
+    assert_ne!(rv(&labels.body), rv(&spec.body));
+}
+
+#[tokio::test]
+async fn a_write_that_changes_nothing_emits_no_event_and_keeps_the_resource_version() {
+    let api = Api::new().await;
+    let created = api.create(&widget("w", 1)).await;
+    let mut watch = api.watch(&format!("resourceVersion={}", rv(&created))).await;
+    let same = api.merge(&path_of("w"), json!({"spec": {"size": 1}})).await;
+    assert_eq!(rv(&same.body), rv(&created), "a no-op patch keeps the resourceVersion");
+    let same_status = api.merge(&format!("{}/status", path_of("w")), json!({"status": null})).await;
+    assert_eq!(rv(&same_status.body), rv(&created));
+    let mut put = created.clone();
+    put["metadata"]["resourceVersion"] = json!(rv(&created));
+    let same_put = api.call(Method::PUT, &path_of("w"), "", &put).await;
+    assert_eq!(rv(&same_put.body), rv(&created), "{}", same_put.body);
+    assert_eq!(watch.next_within(Duration::from_millis(300)).await, None, "no event for no-op writes");
+    let changed = api.merge(&path_of("w"), json!({"spec": {"size": 2}})).await;
+    let event = watch.next().await;
+    assert_eq!(event["type"], "MODIFIED");
+    assert_eq!(rv(&event["object"]), rv(&changed.body));
+}
+
+#[tokio::test]
+async fn server_side_apply_tracks_owners_per_field_and_refuses_conflicts_unless_forced() {
+    let api = Api::new().await;
+    let config = |size: i64, extra: Value| {
+        let mut w = widget("w", size);
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                w["spec"][k] = v;
+            }
+        }
+        w
+    };
+    let first = api.apply(&path_of("w"), "alice", false, config(5, json!({"color": "red"}))).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let managers: Vec<&str> = first.body["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(managers, ["alice"]);
+    let owned = &first.body["metadata"]["managedFields"][0];
+    assert_eq!(owned["operation"], "Apply");
+    assert!(owned["fieldsV1"]["f:spec"]["f:color"].is_object(), "{owned}");
+
+    // Bob sets another value of alice's field: a conflict naming alice and the field.
+    let conflict = api.apply(&path_of("w"), "bob", false, config(5, json!({"color": "blue"}))).await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT, "{}", conflict.body);
+    let message = conflict.body["message"].as_str().unwrap();
+    assert!(message.contains("conflict with \"alice\"") && message.contains(".spec.color"), "{message}");
+    // The same value is no conflict: the field becomes shared.
+    let shared = api.apply(&path_of("w"), "bob", false, config(5, json!({}))).await;
+    assert_eq!(shared.status, StatusCode::OK, "{}", shared.body);
+
+    // Forced, the field moves to bob.
+    let forced = api.apply(&path_of("w"), "bob", true, config(5, json!({"color": "blue"}))).await;
+    assert_eq!(forced.status, StatusCode::OK, "{}", forced.body);
+    assert_eq!(forced.body["spec"]["color"], "blue");
+    let entry = |body: &Value, who: &str| {
+        body["metadata"]["managedFields"].as_array().unwrap().iter().find(|m| m["manager"] == who).cloned()
+    };
+    assert!(entry(&forced.body, "bob").unwrap()["fieldsV1"]["f:spec"]["f:color"].is_object());
+    assert!(entry(&forced.body, "alice").unwrap()["fieldsV1"]["f:spec"].get("f:color").is_none());
+
+    // Alice drops the field from her configuration: bob owns it, so it stays.
+    let dropped = api.apply(&path_of("w"), "alice", false, config(5, json!({}))).await;
+    assert_eq!(dropped.body["spec"]["color"], "blue");
+    // A field only alice owned goes when she stops applying it.
+    let _ = api.apply(&path_of("w"), "alice", false, config(5, json!({"labels": {"x": "1"}}))).await;
+    let gone = api.apply(&path_of("w"), "alice", false, config(5, json!({}))).await;
+    assert!(gone.body["spec"].get("labels").is_none(), "{}", gone.body);
+
+    // A plain update takes ownership of what it changed, without conflict.
+    let update = api
+        .call(
+            Method::PATCH,
+            &format!("{}?fieldManager=carol", path_of("w")),
+            "application/merge-patch+json",
+            &json!({"spec": {"color": "red"}}),
+        )
+        .await;
+    assert_eq!(update.status, StatusCode::OK);
+    let carol = entry(&update.body, "carol").unwrap();
+    assert_eq!(carol["operation"], "Update");
+    assert!(carol["fieldsV1"]["f:spec"]["f:color"].is_object());
+    assert!(entry(&update.body, "bob").is_none_or(|b| b["fieldsV1"]["f:spec"].get("f:color").is_none()));
+
+    // Apply without a field manager is refused.
+    let anonymous =
+        api.call(Method::PATCH, &path_of("w"), "application/apply-patch+yaml", &config(5, json!({}))).await;
+    assert_eq!(anonymous.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn apply_merges_list_maps_by_key() {
+    let api = Api::new().await;
+    let mut a = widget("w", 1);
+    a["spec"]["ports"] = json!([{"name": "http", "port": 80}]);
+    api.apply(&path_of("w"), "alice", false, a).await;
+    let mut b = widget("w", 1);
+    b["spec"]["ports"] = json!([{"name": "grpc", "port": 81}]);
+    let merged = api.apply(&path_of("w"), "bob", false, b).await;
+    assert_eq!(merged.status, StatusCode::OK, "{}", merged.body);
+    let names: Vec<&str> = merged.body["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["http", "grpc"], "each manager's item is kept");
+}
+
+#[tokio::test]
+async fn watches_resume_from_a_resource_version_in_order_and_get_410_when_it_is_gone() {
+    let api = Api::new().await;
+    let list = api.get(WIDGETS).await;
+    assert_eq!(list.body["kind"], "WidgetList");
+    let start = list.body["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
+    api.create(&widget("a", 1)).await;
+    api.merge(&path_of("a"), json!({"spec": {"size": 2}})).await;
+    api.create(&widget("b", 1)).await;
+    let deleted = api.call(Method::DELETE, &path_of("a"), "", &Value::Null).await;
+    assert_eq!(deleted.status, StatusCode::OK);
+
+    let mut watch = api.watch(&format!("resourceVersion={start}")).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let e = watch.next().await;
+        seen.push(format!(
+            "{} {}",
+            e["type"].as_str().unwrap(),
+            e["object"]["metadata"]["name"].as_str().unwrap()
+        ));
+    }
+    assert_eq!(seen, ["ADDED a", "MODIFIED a", "ADDED b", "DELETED a"]);
+    let later = watch.next_within(Duration::from_millis(200)).await;
+    assert_eq!(later, None);
+
+    // Watching from "0" starts with the current objects.
+    let mut fresh = api.watch("resourceVersion=0").await;
+    let first = fresh.next().await;
+    assert_eq!(
+        (first["type"].as_str(), first["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("b"))
+    );
+
+    api.server.compact();
+    let mut expired = api.watch(&format!("resourceVersion={start}")).await;
+    let error = expired.next().await;
+    assert_eq!(error["type"], "ERROR");
+    assert_eq!(error["object"]["code"], 410);
+    assert_eq!(error["object"]["reason"], "Expired");
+}
+
+#[tokio::test]
+async fn watches_send_bookmarks_when_asked_and_filter_by_selector() {
+    let api = Api::with(Config { bookmark_interval: Duration::from_millis(100), ..Config::default() }).await;
+    let mut labelled = widget("x", 1);
+    labelled["metadata"]["labels"] = json!({"team": "a"});
+    let created = api.create(&labelled).await;
+    let mut watch = api
+        .watch(&format!("resourceVersion={}&allowWatchBookmarks=true&labelSelector=team%3Da", rv(&created)))
+        .await;
+    let bookmark = watch.next().await;
+    assert_eq!(bookmark["type"], "BOOKMARK");
+    assert_eq!(bookmark["object"]["kind"], "Widget");
+    assert!(
+        bookmark["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap()
+            >= rv(&created).parse().unwrap()
+    );
+    // Leaving the selector is seen as a deletion; an object outside it is not seen at all.
+    api.create(&widget("y", 1)).await;
+    api.merge(&path_of("x"), json!({"metadata": {"labels": {"team": "b"}}})).await;
+    let e = watch.next_change().await;
+    assert_eq!((e["type"].as_str(), e["object"]["metadata"]["name"].as_str()), (Some("DELETED"), Some("x")));
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_until_they_are_removed() {
+    let api = Api::new().await;
+    let mut w = widget("w", 1);
+    w["metadata"]["finalizers"] = json!(["example.dev/cleanup"]);
+    let created = api.create(&w).await;
+    let mut watch = api.watch(&format!("resourceVersion={}", rv(&created))).await;
+    let deleting = api.call(Method::DELETE, &path_of("w"), "", &Value::Null).await;
+    assert_eq!(deleting.status, StatusCode::OK);
+    let still = api.get(&path_of("w")).await;
+    assert_eq!(still.status, StatusCode::OK, "a finalizer keeps it");
+    assert!(still.body["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(watch.next().await["type"], "MODIFIED");
+    let refused =
+        api.merge(&path_of("w"), json!({"metadata": {"finalizers": ["example.dev/cleanup", "other"]}})).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.body);
+    let released = api.merge(&path_of("w"), json!({"metadata": {"finalizers": null}})).await;
+    assert_eq!(released.status, StatusCode::OK, "{}", released.body);
+    assert_eq!(watch.next().await["type"], "DELETED");
+    assert_eq!(api.get(&path_of("w")).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn owned_objects_are_garbage_collected_unless_orphaned() {
+    let api = Api::new().await;
+    let owner = api.create(&widget("owner", 1)).await;
+    let reference = json!([{"apiVersion": "example.dev/v1", "kind": "Widget", "name": "owner", "uid": owner["metadata"]["uid"], "controller": true}]);
+    for name in ["child-1", "child-2"] {
+        let mut child = widget(name, 1);
+        child["metadata"]["ownerReferences"] = reference.clone();
+        api.create(&child).await;
+    }
+    assert_eq!(api.call(Method::DELETE, &path_of("owner"), "", &Value::Null).await.status, StatusCode::OK);
+    for name in ["owner", "child-1", "child-2"] {
+        assert_eq!(api.get(&path_of(name)).await.status, StatusCode::NOT_FOUND, "{name}");
+    }
+
+    let owner = api.create(&widget("owner2", 1)).await;
+    let mut child = widget("kept", 1);
+    child["metadata"]["ownerReferences"] = json!([{"apiVersion": "example.dev/v1", "kind": "Widget", "name": "owner2", "uid": owner["metadata"]["uid"]}]);
+    api.create(&child).await;
+    let orphaning =
+        api.call(Method::DELETE, &path_of("owner2"), "", &json!({"propagationPolicy": "Orphan"})).await;
+    assert_eq!(orphaning.status, StatusCode::OK);
+    assert_eq!(api.get(&path_of("owner2")).await.status, StatusCode::NOT_FOUND);
+    let kept = api.get(&path_of("kept")).await;
+    assert_eq!(kept.status, StatusCode::OK);
+    assert!(kept.body["metadata"].get("ownerReferences").is_none(), "{}", kept.body);
+
+    // Foreground: the owner waits (with its finalizer) for a dependent that has one of its own.
+    let owner = api.create(&widget("owner3", 1)).await;
+    let mut child = widget("slow", 1);
+    child["metadata"]["ownerReferences"] = json!([{"apiVersion": "example.dev/v1", "kind": "Widget", "name": "owner3", "uid": owner["metadata"]["uid"]}]);
+    child["metadata"]["finalizers"] = json!(["example.dev/slow"]);
+    api.create(&child).await;
+    api.call(Method::DELETE, &path_of("owner3"), "", &json!({"propagationPolicy": "Foreground"})).await;
+    let waiting = api.get(&path_of("owner3")).await;
+    assert_eq!(waiting.body["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+    assert!(api.get(&path_of("slow")).await.body["metadata"]["deletionTimestamp"].is_string());
+    api.merge(&path_of("slow"), json!({"metadata": {"finalizers": null}})).await;
+    assert_eq!(api.get(&path_of("slow")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(api.get(&path_of("owner3")).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn objects_are_validated_pruned_and_defaulted_against_the_schema() {
+    let api = Api::new().await;
+    let mut w = widget("w", 1);
+    w["spec"]["shape"] = json!("round");
+    w["spec"]["color"] = json!("red");
+    let warned = api.call(Method::POST, WIDGETS, "", &w).await;
+    assert_eq!(warned.status, StatusCode::CREATED);
+    assert!(warned.body["spec"].get("shape").is_none(), "unknown fields are pruned");
+    assert_eq!(warned.body["spec"]["max"], 10, "defaults are applied");
+    let warning = warned.headers.get("warning").unwrap().to_str().unwrap();
+    assert!(warning.contains("unknown field") && warning.contains("spec.shape"), "{warning}");
+
+    let mut strict = widget("s", 1);
+    strict["spec"]["shape"] = json!("round");
+    let refused = api.call(Method::POST, &format!("{WIDGETS}?fieldValidation=Strict"), "", &strict).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused.body["message"], "strict decoding error: unknown field \"spec.shape\"");
+
+    let mut bad = widget("bad", 0);
+    bad["spec"]["color"] = json!("green");
+    let invalid = api.call(Method::POST, WIDGETS, "", &bad).await;
+    assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(invalid.body["reason"], "Invalid");
+    let message = invalid.body["message"].as_str().unwrap();
+    assert!(message.starts_with("Widget.example.dev \"bad\" is invalid: ["), "{message}");
+    assert!(
+        message.contains("spec.color: Unsupported value: \"green\": supported values: \"red\", \"blue\""),
+        "{message}"
+    );
+    assert!(
+        message
+            .contains("spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1"),
+        "{message}"
+    );
+    let fields: Vec<&str> = invalid.body["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"spec.color") && fields.contains(&"spec.size"), "{fields:?}");
+
+    let missing = api
+        .call(
+            Method::POST,
+            WIDGETS,
+            "",
+            &json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "m"}, "spec": {}}),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        missing.body["message"].as_str().unwrap().contains("spec.size: Required value"),
+        "{}",
+        missing.body
+    );
+
+    let mut rule = widget("r", 20);
+    rule["spec"]["max"] = json!(5);
+    let cel = api.call(Method::POST, WIDGETS, "", &rule).await;
+    assert_eq!(cel.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(cel.body["message"].as_str().unwrap().contains("size must not exceed max"), "{}", cel.body);
+    // Nothing invalid was stored.
+    assert_eq!(api.get(&path_of("bad")).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn discovery_follows_crds_and_deleting_a_crd_deletes_its_objects() {
+    let api = Api::new().await;
+    let groups = api.get("/apis").await.body;
+    assert!(groups["groups"].as_array().unwrap().iter().any(|g| g["name"] == "example.dev"), "{groups}");
+    let resources = api.get("/apis/example.dev/v1").await.body;
+    let names: Vec<&str> =
+        resources["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["widgets", "widgets/status"]);
+    assert_eq!(resources["resources"][0]["shortNames"], json!(["wg"]));
+    let core = api.get("/api/v1").await.body;
+    assert!(core["resources"].as_array().unwrap().iter().any(|r| r["name"] == "pods/eviction"));
+    let crd = api.get(&format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD}")).await.body;
+    let established = crd["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "Established" && c["status"] == "True");
+    assert!(established, "{crd}");
+
+    api.create(&widget("w", 1)).await;
+    let gone = api
+        .call(
+            Method::DELETE,
+            &format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD}"),
+            "",
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::OK);
+    assert_eq!(api.get("/apis/example.dev/v1").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(api.get(WIDGETS).await.status, StatusCode::NOT_FOUND);
+    // Recreated, the kind starts empty.
+    api.call(Method::POST, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "", &widget_crd())
+        .await;
+    assert_eq!(api.get(WIDGETS).await.body["items"], json!([]));
+}
+
+#[tokio::test]
+async fn lists_select_by_label_and_field_and_page() {
+    let api = Api::new().await;
+    for (name, node) in [("a", "n1"), ("b", "n2"), ("c", "n1")] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"node": node}}, "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}});
+        let created = api.call(Method::POST, "/api/v1/namespaces/default/pods", "", &pod).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        assert_eq!(created.body["status"]["phase"], "Pending", "a new pod's status is the server's");
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let by_node = api.get("/api/v1/pods?fieldSelector=spec.nodeName%3Dn1").await;
+    assert_eq!(names(&by_node.body), ["a", "c"]);
+    assert_eq!(by_node.body["kind"], "PodList");
+    let by_label = api.get("/api/v1/namespaces/default/pods?labelSelector=node%20in%20(n2)").await;
+    assert_eq!(names(&by_label.body), ["b"]);
+    let unsupported = api.get("/api/v1/pods?fieldSelector=spec.image%3Dx").await;
+    assert_eq!(unsupported.status, StatusCode::BAD_REQUEST);
+    assert_eq!(unsupported.body["message"], "field label not supported: spec.image");
+    let page = api.get("/api/v1/pods?limit=2").await;
+    assert_eq!(names(&page.body), ["a", "b"]);
+    let token = page.body["metadata"]["continue"].as_str().unwrap();
+    assert_eq!(page.body["metadata"]["remainingItemCount"], 1);
+    let rest = api.get(&format!("/api/v1/pods?limit=2&continue={token}")).await;
+    assert_eq!(names(&rest.body), ["c"]);
+    assert!(rest.body["metadata"].get("continue").is_none());
+}
+
+#[tokio::test]
+async fn eviction_respects_pod_disruption_budgets() {
+    let api = Api::new().await;
+    for name in ["a", "b"] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        api.call(Method::POST, "/api/v1/namespaces/default/pods", "", &pod).await;
+        let running =
+            json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+        let status = api
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/namespaces/default/pods/{name}/status"),
+                "application/strategic-merge-patch+json",
+                &running,
+            )
+            .await;
+        assert_eq!(status.status, StatusCode::OK, "{}", status.body);
+    }
+    let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "web"}, "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}});
+    assert_eq!(
+        api.call(Method::POST, "/apis/policy/v1/namespaces/default/poddisruptionbudgets", "", &pdb)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let eviction = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "a", "namespace": "default"}});
+    let refused = api.call(Method::POST, "/api/v1/namespaces/default/pods/a/eviction", "", &eviction).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.body);
+    assert_eq!(refused.body["details"]["causes"][0]["reason"], "DisruptionBudget");
+    api.merge(
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets/web",
+        json!({"spec": {"minAvailable": 1}}),
+    )
+    .await;
+    let evicted = api.call(Method::POST, "/api/v1/namespaces/default/pods/a/eviction", "", &eviction).await;
+    assert_eq!(evicted.status, StatusCode::CREATED, "{}", evicted.body);
+    assert_eq!(api.get("/api/v1/namespaces/default/pods/a").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(api.get("/api/v1/namespaces/default/pods/b").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn token_and_access_reviews_follow_the_allow_list() {
+    let api = Api::new().await;
+    api.server.add_token("secret", User { name: "prometheus".into(), groups: vec!["monitoring".into()] });
+    api.server.allow(Rule::new("monitoring", "get", "", "nodes/metrics"));
+    let review = |token: &str| json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}});
+    let good =
+        api.call(Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews", "", &review("secret")).await;
+    assert_eq!(good.status, StatusCode::CREATED);
+    assert_eq!(good.body["status"]["authenticated"], true);
+    assert_eq!(good.body["status"]["user"]["username"], "prometheus");
+    let bad =
+        api.call(Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews", "", &review("guess")).await;
+    assert_eq!(bad.body["status"]["authenticated"], false);
+    let sar = |verb: &str, resource: &str, sub: &str| json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {"user": "prometheus", "groups": ["monitoring"], "resourceAttributes": {"verb": verb, "resource": resource, "subresource": sub}}});
+    let allowed = api
+        .call(
+            Method::POST,
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            "",
+            &sar("get", "nodes", "metrics"),
+        )
+        .await;
+    assert_eq!(allowed.body["status"]["allowed"], true);
+    let denied = api
+        .call(
+            Method::POST,
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            "",
+            &sar("get", "nodes", "proxy"),
+        )
+        .await;
+    assert_eq!(denied.body["status"]["allowed"], false);
+}
+
+#[tokio::test]
+async fn faults_are_injected_and_requests_counted() {
+    let api = Api::new().await;
+    api.create(&widget("w", 1)).await;
+    api.server.fail(Fault::answer(500).verb("patch").resource("widgets/status").times(1));
+    let failed = api.merge(&format!("{}/status", path_of("w")), json!({"status": {"observed": 1}})).await;
+    assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let next = api.merge(&format!("{}/status", path_of("w")), json!({"status": {"observed": 1}})).await;
+    assert_eq!(next.status, StatusCode::OK, "the fault was for one request");
+    assert_eq!(api.server.requests("patch", "widgets/status"), 2);
+    assert_eq!(api.server.requests("create", "widgets"), 1);
+
+    api.server.fail(Fault::answer(409).verb("update").times(1));
+    let w = api.get(&path_of("w")).await.body;
+    assert_eq!(api.call(Method::PUT, &path_of("w"), "", &w).await.status, StatusCode::CONFLICT);
+
+    api.server.unavailable_for(Duration::from_millis(300));
+    assert!(
+        api.raw(Method::GET, &path_of("w"), "", Bytes::new()).await.is_err(),
+        "the connection is refused"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(api.get(&path_of("w")).await.status, StatusCode::OK);
+
+    api.server.fail(Fault::delay(Duration::from_millis(200)).verb("get").times(1));
+    let started = std::time::Instant::now();
+    assert_eq!(api.get(&path_of("w")).await.status, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn tables_carry_the_printer_columns() {
+    let api = Api::new().await;
+    api.create(&widget("w", 3)).await;
+    api.merge(
+        &format!("{}/status", path_of("w")),
+        json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+    )
+    .await;
+    let request = Request::get(WIDGETS)
+        .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+        .body(Vec::new())
+        .unwrap();
+    let table: Value = api.client.request(request).await.unwrap();
+    assert_eq!(table["kind"], "Table");
+    let columns: Vec<&str> =
+        table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, ["Name", "Size", "Ready", "Color"]);
+    assert_eq!(table["columnDefinitions"][3]["priority"], 1);
+    assert_eq!(table["rows"][0]["cells"], json!(["w", 3, "True", null]));
+    assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+}
+
+#[tokio::test]
+async fn events_have_two_faces_over_one_store() {
+    let api = Api::new().await;
+    let event = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e1"},
+        "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "example.dev/c", "reportingInstance": "c-1",
+        "action": "Probe", "reason": "Unhealthy", "type": "Warning", "note": "probe failed",
+        "regarding": {"apiVersion": "example.dev/v1", "kind": "Widget", "name": "w", "namespace": "default", "uid": "u1"}});
+    let created =
+        api.call(Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events", "", &event).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["note"], "probe failed");
+    let core = api.get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dw%2CinvolvedObject.kind%3DWidget").await;
+    assert_eq!(core.body["items"][0]["message"], "probe failed");
+    assert_eq!(core.body["items"][0]["involvedObject"]["uid"], "u1");
+    assert_eq!(core.body["items"][0]["apiVersion"], "v1");
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_deletes_what_it_holds() {
+    let api = Api::new().await;
+    let ns = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces",
+            "",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}),
+        )
+        .await;
+    assert_eq!(ns.status, StatusCode::CREATED);
+    let in_team = "/apis/example.dev/v1/namespaces/team/widgets";
+    assert_eq!(api.call(Method::POST, in_team, "", &widget("w", 1)).await.status, StatusCode::CREATED);
+    let missing =
+        api.call(Method::POST, "/apis/example.dev/v1/namespaces/nowhere/widgets", "", &widget("w", 1)).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.body["message"], "namespaces \"nowhere\" not found");
+    api.call(Method::DELETE, "/api/v1/namespaces/team", "", &Value::Null).await;
+    assert_eq!(api.get(&format!("{in_team}/w")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(api.get("/api/v1/namespaces/team").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_http_face_serves_the_same_store() {
+    let api = Api::new().await;
+    api.create(&widget("w", 4)).await;
+    let address = api.server.serve("127.0.0.1:0").await.unwrap();
+    let config = kube::Config::new(format!("http://{address}").parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let object: Value = client.request(Request::get(path_of("w")).body(Vec::new()).unwrap()).await.unwrap();
+    assert_eq!(object["spec"]["size"], 4);
+    let version: Value = client.request(Request::get("/version").body(Vec::new()).unwrap()).await.unwrap();
+    assert_eq!(version["major"], "1");
+}
