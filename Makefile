@@ -3,7 +3,7 @@
 CARGO ?= cargo
 export PATH := $(CURDIR)/target/tools/bin:$(PATH)
 
-.PHONY: run test test-deps bench bench-docker crds lint fmt
+.PHONY: run test test-deps dev-apiserver bench bench-docker crds lint fmt
 
 ## run: the standalone agent on this machine, with examples/standalone (API on 127.0.0.1:9733)
 run:
@@ -13,11 +13,16 @@ run:
 ## an engine started for the tests is stopped afterwards (one that was already running is left alone)
 test: test-deps
 	tests/fixtures/docker-engine.sh ensure
-	$(CARGO) test --locked; status=$$?; tests/fixtures/docker-engine.sh down; exit $$status
+	$(CARGO) test --workspace --locked; status=$$?; tests/fixtures/docker-engine.sh down; exit $$status
 
 test-deps:
 	tests/fixtures/tools.sh
 	tests/fixtures/qemu-guest.sh build
+
+## dev-apiserver: the test-only Kubernetes API stand-in on http://127.0.0.1:6443, with a kubeconfig
+## in target/dev-apiserver/kubeconfig, to try vigil's CRDs and examples with kubectl (Ctrl-C stops it)
+dev-apiserver:
+	$(CARGO) run --locked -p vigil-test-apiserver -- --listen 127.0.0.1:6443 --kubeconfig target/dev-apiserver/kubeconfig
 
 ## bench: probe throughput, CPU per probe, scheduler lateness and memory (not a test)
 bench:
@@ -35,7 +40,7 @@ crds:
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt

@@ -356,7 +356,7 @@ impl Server {
             return Err(ApiError::new(
                 405,
                 "MethodNotAllowed",
-                format!("the server does not allow this method on the requested resource"),
+                "the server does not allow this method on the requested resource",
             ));
         }
         let user_agent =
@@ -1075,7 +1075,7 @@ impl State {
             }
             "application/strategic-merge-patch+json" if res.custom.is_none() => {
                 patched = strategic::apply_patch(&patched, &patch, res.shape().as_ref())
-                    .map_err(|e| ApiError::bad_request(e))?;
+                    .map_err(ApiError::bad_request)?;
             }
             _ => {
                 let accepted = if res.custom.is_some() {
@@ -1529,13 +1529,7 @@ fn scope_of(res: &Resource, sub: Option<&str>) -> ssa::Scope {
 }
 
 fn conflicts(res: &Resource, name: &str, conflicts: &[ssa::Conflict]) -> ApiError {
-    let lines: Vec<String> =
-        conflicts.iter().map(|c| format!("conflict with {:?}: {}", c.manager, c.field)).collect();
-    let message = if lines.len() == 1 {
-        format!("Apply failed with 1 conflict: {}", lines[0])
-    } else {
-        format!("Apply failed with {} conflicts: {}", lines.len(), lines.join("\n"))
-    };
+    let message = ssa::conflicts_message(conflicts);
     let causes: Vec<Value> = conflicts
         .iter()
         .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {:?}", c.manager), "field": c.field}))

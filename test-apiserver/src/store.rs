@@ -36,6 +36,9 @@ pub struct Change {
 
 type Key = (String, String);
 
+/// The changes a watch replays, and the receiver of the ones to come.
+pub type Subscription = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
 /// The objects and their history.
 #[derive(Debug)]
 pub struct Store {
@@ -144,7 +147,7 @@ impl Store {
 
     /// The changes after `rv` still in the history, and a receiver for the ones to come; None
     /// when `rv` is older than the history (the watch must answer 410 Gone).
-    pub fn since(&self, rv: u64) -> Option<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>)> {
+    pub fn since(&self, rv: u64) -> Option<Subscription> {
         if rv < self.compacted {
             return None;
         }
