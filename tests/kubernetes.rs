@@ -15,7 +15,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{CustomResourceExt, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use vigil::api::{HealthCheck, InstanceStatus};
 use vigil_test_apiserver::ApiServer;
 
@@ -69,15 +69,10 @@ fn words(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_applies_the_crds_and_examples_and_reads_them_back() {
-    let server = ApiServer::new();
-    let address = server.serve("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    ApiServer::write_kubeconfig(address, &kubeconfig).unwrap();
-    let kubectl = Kubectl { kubeconfig, cache: dir.path().join("cache") };
-
+/// The user's path with `kubectl`: CRDs, examples, an InstanceStatus with its status, tables,
+/// describe with Events, delete. Runs against the stand-in here and against a real cluster in the
+/// ignored end-to-end test below, so both are held to the same expectations.
+fn kubectl_scenario(kubectl: &Kubectl) {
     let crds = kubectl.ok(&["apply", "--server-side", "-f", "crds/"]);
     assert!(
         crds.contains(
@@ -93,6 +88,12 @@ async fn kubectl_applies_the_crds_and_examples_and_reads_them_back() {
     );
     // Applying again is a no-op for the server and fine for kubectl.
     kubectl.ok(&["apply", "--server-side", "-f", "crds/"]);
+    kubectl.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/healthchecks.vigil.dev",
+        "crd/instancestatuses.vigil.dev",
+    ]);
 
     // The examples name their namespace; like a real cluster, it must exist first.
     let (ok, missing) = kubectl.run(&["apply", "-f", "examples/http-pods.yaml"], None);
@@ -152,26 +153,16 @@ async fn kubectl_applies_the_crds_and_examples_and_reads_them_back() {
         "priority-1 columns only with -o wide: {narrow}"
     );
 
-    // describe shows the object and the Events about it (found by field selector).
-    let vhc: Value =
-        serde_json::from_str(&kubectl.ok(&["get", "vhc", "web", "-n", "shop", "-o", "json"])).unwrap();
-    let client = server.client();
-    let events: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        "shop",
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
-            "events",
-        ),
-    );
-    let event = serde_json::from_value(json!({
+    // describe shows the object and the Events about it (found by field selector), here one
+    // written through events.k8s.io/v1 as vigil's recorder writes them.
+    let uid = kubectl.ok(&["get", "vhc", "web", "-n", "shop", "-o", "jsonpath={.metadata.uid}"]);
+    let event = json!({
         "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "web.1", "namespace": "shop"},
         "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "vigil.dev/controller", "reportingInstance": "vigil-0",
         "action": "Evaluate", "reason": "TargetsImpaired", "type": "Warning", "note": "1 of 3 targets impaired",
-        "regarding": {"apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck", "name": "web", "namespace": "shop", "uid": vhc["metadata"]["uid"]},
-    }))
-    .unwrap();
-    events.create(&PostParams::default(), &event).await.unwrap();
+        "regarding": {"apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck", "name": "web", "namespace": "shop", "uid": uid.trim()},
+    });
+    kubectl.ok_stdin(&["create", "-f", "-"], &event.to_string());
     let described = kubectl.ok(&["describe", "vhc", "web", "-n", "shop"]);
     assert!(described.contains("Kind:         HealthCheck"), "{described}");
     let event_line =
@@ -183,9 +174,37 @@ async fn kubectl_applies_the_crds_and_examples_and_reads_them_back() {
     let (ok, gone) = kubectl.run(&["get", "vhc", "web", "-n", "shop"], None);
     assert!(!ok && gone.contains("NotFound"), "{gone}");
 
+    // Clean up what the scenario made (a real cluster outlives the test).
+    kubectl.ok(&["delete", "-f", "examples/", "--ignore-not-found"]);
+    kubectl.ok(&["delete", "namespace", "shop"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_the_crds_and_examples_and_reads_them_back() {
+    let server = ApiServer::new();
+    let address = server.serve("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    ApiServer::write_kubeconfig(address, &kubeconfig).unwrap();
+    let kubectl = Kubectl { kubeconfig, cache: dir.path().join("cache") };
+    // kubectl blocks; the server runs on the test's other worker.
+    tokio::task::spawn_blocking(move || kubectl_scenario(&kubectl)).await.unwrap();
     // The server counted what kubectl did.
     assert!(server.requests("patch", "customresourcedefinitions") >= 4);
-    assert_eq!(server.requests("delete", "healthchecks"), 1);
+    assert!(server.requests("delete", "healthchecks") >= 1);
+    assert_eq!(server.requests("patch", "instancestatuses/status"), 1);
+}
+
+/// The same scenario against a real cluster: `VIGIL_E2E_KUBECONFIG=~/.kube/config cargo test
+/// --test kubernetes -- --ignored` (a disposable kind or k3d cluster: it installs the CRDs and
+/// creates then deletes the `shop` namespace).
+#[test]
+#[ignore = "needs a real cluster: set VIGIL_E2E_KUBECONFIG"]
+fn kubectl_scenario_on_a_real_cluster() {
+    let kubeconfig = std::env::var_os("VIGIL_E2E_KUBECONFIG")
+        .expect("VIGIL_E2E_KUBECONFIG names the cluster's kubeconfig");
+    let dir = tempfile::tempdir().unwrap();
+    kubectl_scenario(&Kubectl { kubeconfig: kubeconfig.into(), cache: dir.path().join("cache") });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

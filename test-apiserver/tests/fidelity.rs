@@ -812,3 +812,81 @@ async fn the_http_face_serves_the_same_store() {
     let version: Value = client.request(Request::get("/version").body(Vec::new()).unwrap()).await.unwrap();
     assert_eq!(version["major"], "1");
 }
+
+#[tokio::test]
+async fn patches_come_in_json_merge_and_strategic_flavours() {
+    let api = Api::new().await;
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "one"}, {"name": "b", "image": "two"}]}});
+    api.call(Method::POST, pods, "", &pod).await;
+    // Strategic merge: containers merge by name, the other container is kept.
+    let smp = json!({"spec": {"containers": [{"name": "b", "image": "three"}]}});
+    let merged =
+        api.call(Method::PATCH, &format!("{pods}/p"), "application/strategic-merge-patch+json", &smp).await;
+    assert_eq!(merged.status, StatusCode::OK, "{}", merged.body);
+    assert_eq!(
+        merged.body["spec"]["containers"],
+        json!([{"name": "a", "image": "one"}, {"name": "b", "image": "three"}])
+    );
+    // A JSON merge patch replaces the list.
+    let replaced = api.merge(&format!("{pods}/p"), smp.clone()).await;
+    assert_eq!(replaced.body["spec"]["containers"], json!([{"name": "b", "image": "three"}]));
+    // JSON patch, with a failing test operation refused as a whole.
+    let ops = json!([{"op": "add", "path": "/metadata/labels", "value": {"x": "1"}}, {"op": "replace", "path": "/spec/containers/0/image", "value": "four"}]);
+    let patched = api.call(Method::PATCH, &format!("{pods}/p"), "application/json-patch+json", &ops).await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(patched.body["spec"]["containers"][0]["image"], "four");
+    let failing = json!([{"op": "test", "path": "/metadata/labels/x", "value": "2"}, {"op": "remove", "path": "/metadata/labels"}]);
+    let refused =
+        api.call(Method::PATCH, &format!("{pods}/p"), "application/json-patch+json", &failing).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(api.get(&format!("{pods}/p")).await.body["metadata"]["labels"]["x"], "1");
+    // Custom resources take no strategic merge patch.
+    api.create(&widget("w", 1)).await;
+    let unsupported = api
+        .call(
+            Method::PATCH,
+            &path_of("w"),
+            "application/strategic-merge-patch+json",
+            &json!({"spec": {"size": 2}}),
+        )
+        .await;
+    assert_eq!(unsupported.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn typed_clients_renew_leases_and_stream_lists() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Api as KubeApi, PostParams};
+    use kube::runtime::watcher;
+    let api = Api::new().await;
+    let leases: KubeApi<Lease> = KubeApi::namespaced(api.client.clone(), "kube-node-lease");
+    let mut lease: Lease = serde_json::from_value(json!({"metadata": {"name": "node-a"}, "spec": {"holderIdentity": "node-a", "leaseDurationSeconds": 40}})).unwrap();
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    lease.metadata.resource_version = created.metadata.resource_version.clone();
+    lease.spec.as_mut().unwrap().renew_time =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    let renewed = leases.replace("node-a", &PostParams::default(), &lease).await.unwrap();
+    assert_ne!(renewed.metadata.resource_version, created.metadata.resource_version);
+    // Replaying the same stale renewal is a conflict, as two agents racing would see.
+    let stale = leases.replace("node-a", &PostParams::default(), &lease).await.unwrap_err();
+    assert!(matches!(stale, kube::Error::Api(ref s) if s.code == 409), "{stale:?}");
+
+    // kube's watcher with streaming lists: initial events, then the end-of-initial-events bookmark.
+    let config = watcher::Config::default().streaming_lists();
+    let mut stream = Box::pin(watcher(leases.clone(), config));
+    let mut initial = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut stream))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            watcher::Event::InitApply(l) => initial.push(l.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(initial, ["node-a"]);
+}
