@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
     println!("API server stand-in on http://{address}");
     println!("export KUBECONFIG={}", kubeconfig.display());
     println!(
-        "then for instance: kubectl apply --server-side -f crds/ && kubectl apply -f examples/http-pods.yaml"
+        "then for instance: kubectl apply --server-side -f crds/ && kubectl apply -f examples/endpoints-grpc.yaml && kubectl get vhc"
     );
     tokio::signal::ctrl_c().await?;
     Ok(())
