@@ -1357,109 +1357,88 @@ impl State {
     /// background; `orphan` and `foregroundDeletion` finalizers are processed; terminating
     /// namespaces are emptied and removed.
     fn collect_garbage(&mut self) {
-        loop {
-            let objects: Vec<(String, Value)> =
-                self.store.everything().map(|(s, v)| (s.to_owned(), v.clone())).collect();
-            let uids: HashMap<&str, &Value> =
-                objects.iter().filter_map(|(_, o)| Some((meta(o, "uid")?, o))).collect();
-            let mut work: Vec<Gc> = Vec::new();
-            for (storage, o) in &objects {
-                let (ns, name) = crate::store::key_of(o);
-                let refs = o
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                if !refs.is_empty() {
-                    let live: Vec<Value> = refs
-                        .iter()
-                        .filter(|r| {
-                            let Some(owner) = r.get("uid").and_then(Value::as_str).and_then(|u| uids.get(u))
-                            else {
-                                return false;
-                            };
-                            // An owner being orphaned lets go of its dependents.
-                            !owner
-                                .pointer("/metadata/finalizers")
-                                .and_then(Value::as_array)
-                                .is_some_and(|f| f.iter().any(|x| x == "orphan"))
-                        })
-                        .cloned()
-                        .collect();
-                    let foreground_owner = refs.iter().any(|r| {
-                        r.get("uid").and_then(Value::as_str).and_then(|u| uids.get(u)).is_some_and(|owner| {
-                            owner
-                                .pointer("/metadata/finalizers")
-                                .and_then(Value::as_array)
-                                .is_some_and(|f| f.iter().any(|x| x == "foregroundDeletion"))
-                        })
-                    });
-                    if live.is_empty() {
-                        let orphaned = refs.iter().any(|r| {
-                            r.get("uid").and_then(Value::as_str).is_some_and(|u| uids.contains_key(u))
-                        });
-                        if orphaned {
-                            work.push(Gc::SetOwners(storage.clone(), ns.clone(), name.clone(), live));
-                        } else if o.pointer("/metadata/deletionTimestamp").is_none() {
-                            work.push(Gc::Delete(storage.clone(), ns.clone(), name.clone()));
-                        }
-                    } else if foreground_owner && o.pointer("/metadata/deletionTimestamp").is_none() {
-                        work.push(Gc::Delete(storage.clone(), ns.clone(), name.clone()));
-                    } else if live.len() != refs.len() {
-                        work.push(Gc::SetOwners(storage.clone(), ns.clone(), name.clone(), live));
-                    }
-                }
-                if o.pointer("/metadata/deletionTimestamp").is_some() {
-                    let finalizers = o
-                        .pointer("/metadata/finalizers")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default();
-                    let uid = meta(o, "uid").unwrap_or_default();
-                    let has_dependents = objects.iter().any(|(_, d)| {
-                        d.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|rs| {
-                            rs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
-                        })
-                    });
-                    let is_namespace = storage == "/namespaces";
-                    if is_namespace {
-                        let contents: Vec<(String, String, String)> = objects
-                            .iter()
-                            .filter(|(_, x)| meta(x, "namespace") == Some(name.as_str()))
-                            .map(|(s, x)| {
-                                (s.clone(), name.clone(), meta(x, "name").unwrap_or_default().to_owned())
-                            })
-                            .collect();
-                        if contents.is_empty() {
-                            work.push(Gc::Remove(storage.clone(), ns, name));
-                        } else {
-                            for (s, n, x) in contents {
-                                let pending = objects.iter().any(|(s2, o2)| {
-                                    *s2 == s
-                                        && meta(o2, "namespace") == Some(n.as_str())
-                                        && meta(o2, "name") == Some(x.as_str())
-                                        && o2.pointer("/metadata/deletionTimestamp").is_some()
-                                });
-                                if !pending {
-                                    work.push(Gc::Delete(s, n, x));
-                                }
-                            }
-                        }
-                    } else if finalizers.iter().any(|f| f == "orphan") {
-                        work.push(Gc::DropFinalizer(storage.clone(), ns, name, "orphan"));
-                    } else if finalizers.iter().any(|f| f == "foregroundDeletion") && !has_dependents {
-                        work.push(Gc::DropFinalizer(storage.clone(), ns, name, "foregroundDeletion"));
-                    }
-                }
-            }
-            // Orphaning first, so that dependents of an orphaned owner are not deleted.
-            work.sort_by_key(|g| match g {
-                Gc::SetOwners(..) => 0,
-                _ => 1,
-            });
-            let Some(job) = work.into_iter().next() else { return };
+        while let Some(job) = self.next_gc_job() {
             self.run_gc(job);
         }
+    }
+
+    /// The next step of garbage collection, orphaning first (so that the dependents of an
+    /// orphaned owner are not deleted); one pass over the store, nothing cloned.
+    fn next_gc_job(&self) -> Option<Gc> {
+        let has = |o: &Value, finalizer: &str| {
+            o.pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| f.iter().any(|x| x == finalizer))
+        };
+        let deleting = |o: &Value| o.pointer("/metadata/deletionTimestamp").is_some();
+        // uid → (orphaning, deleting in the foreground)
+        let mut owners: HashMap<&str, (bool, bool)> = HashMap::new();
+        let mut dependents: Vec<(&str, &Value, &Vec<Value>)> = Vec::new();
+        let mut terminating: Vec<(&str, &Value)> = Vec::new();
+        for (storage, o) in self.store.everything() {
+            if let Some(uid) = meta(o, "uid") {
+                owners.insert(uid, (has(o, "orphan"), has(o, "foregroundDeletion")));
+            }
+            if let Some(refs) =
+                o.pointer("/metadata/ownerReferences").and_then(Value::as_array).filter(|r| !r.is_empty())
+            {
+                dependents.push((storage, o, refs));
+            }
+            if deleting(o) {
+                terminating.push((storage, o));
+            }
+        }
+        let key = |storage: &str, o: &Value| {
+            let (ns, name) = crate::store::key_of(o);
+            (storage.to_owned(), ns, name)
+        };
+        let mut later: Option<Gc> = None;
+        for (storage, o, refs) in &dependents {
+            let owner = |r: &Value| r.get("uid").and_then(Value::as_str).and_then(|u| owners.get(u));
+            // An owner being orphaned lets go of its dependents.
+            let live: Vec<Value> =
+                refs.iter().filter(|r| owner(r).is_some_and(|(orphaning, _)| !orphaning)).cloned().collect();
+            let foreground = refs.iter().any(|r| owner(r).is_some_and(|(_, fg)| *fg));
+            let (s, ns, name) = key(storage, o);
+            // Owners gone are dropped from the references; an orphaning owner leaves none.
+            let orphaned = live.is_empty() && refs.iter().any(|r| owner(r).is_some());
+            if live.len() != refs.len() && (orphaned || !live.is_empty()) {
+                return Some(Gc::SetOwners(s, ns, name, live));
+            } else if (live.is_empty() || foreground) && !deleting(o) {
+                later.get_or_insert(Gc::Delete(s, ns, name));
+            }
+        }
+        if later.is_some() {
+            return later;
+        }
+        for (storage, o) in terminating {
+            let (s, ns, name) = key(storage, o);
+            if storage == "/namespaces" {
+                // The namespace controller: delete what it holds, then the namespace.
+                let contents: Vec<(&str, &Value)> = self
+                    .store
+                    .everything()
+                    .filter(|(_, x)| meta(x, "namespace") == Some(name.as_str()))
+                    .collect();
+                if contents.is_empty() {
+                    return Some(Gc::Remove(s, ns, name));
+                }
+                let Some((cs, content)) = contents.into_iter().find(|(_, x)| !deleting(x)) else { continue };
+                let (cs, cns, cname) = key(cs, content);
+                return Some(Gc::Delete(cs, cns, cname));
+            } else if has(o, "orphan") {
+                return Some(Gc::DropFinalizer(s, ns, name, "orphan"));
+            } else if has(o, "foregroundDeletion") {
+                let uid = meta(o, "uid");
+                let waiting = dependents
+                    .iter()
+                    .any(|(_, _, refs)| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == uid));
+                if !waiting {
+                    return Some(Gc::DropFinalizer(s, ns, name, "foregroundDeletion"));
+                }
+            }
+        }
+        None
     }
 
     fn run_gc(&mut self, job: Gc) {
