@@ -432,7 +432,24 @@ impl Server {
                 Ok(reply(200, &object, &[]))
             }
             ("list", _) => self.list(&res, target.ns.as_deref(), query, as_table),
-            ("watch", _) => self.watch(res.clone(), target.ns.clone(), query),
+            ("watch", _) => {
+                // A watch on one object's URL (the deprecated form) is a watch by name.
+                let mut query = query.clone();
+                if let Some(name) = &target.name {
+                    let by_name = format!("metadata.name={name}");
+                    let fields = match query.get("fieldSelector").filter(|f| !f.is_empty()) {
+                        Some(f) => format!("{f},{by_name}"),
+                        None => by_name,
+                    };
+                    query.insert("fieldSelector".to_owned(), fields);
+                }
+                self.watch(res.clone(), target.ns.clone(), &query)
+            }
+            ("delete", Some(_)) | ("create", Some("status")) => Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )),
             ("create", Some("eviction")) => {
                 self.evict(&res, &ns, target.name.as_deref().unwrap_or_default(), &body, &mut w)
             }

@@ -890,3 +890,24 @@ async fn typed_clients_renew_leases_and_stream_lists() {
     }
     assert_eq!(initial, ["node-a"]);
 }
+
+#[tokio::test]
+async fn subresources_take_only_their_verbs_and_a_watch_on_a_name_sees_that_object() {
+    let api = Api::new().await;
+    api.create(&widget("a", 1)).await;
+    let created = api.create(&widget("b", 1)).await;
+    let post = api.call(Method::POST, &format!("{}/status", path_of("a")), "", &widget("a", 1)).await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    let delete = api.call(Method::DELETE, &format!("{}/status", path_of("a")), "", &Value::Null).await;
+    assert_eq!(delete.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(api.get(&path_of("a")).await.status, StatusCode::OK, "nothing was deleted");
+    let status = api.get(&format!("{}/status", path_of("a"))).await;
+    assert_eq!(status.body["metadata"]["name"], "a", "GET on /status answers the whole object");
+
+    let response = api.raw(Method::GET, &format!("{}?watch=true&resourceVersion={}", path_of("b"), rv(&created)), "", Bytes::new()).await.unwrap();
+    let mut watch = Watch { body: response.into_body(), buffer: Vec::new() };
+    api.merge(&path_of("a"), json!({"spec": {"size": 2}})).await;
+    api.merge(&path_of("b"), json!({"spec": {"size": 3}})).await;
+    let e = watch.next().await;
+    assert_eq!((e["type"].as_str(), e["object"]["metadata"]["name"].as_str()), (Some("MODIFIED"), Some("b")));
+}
