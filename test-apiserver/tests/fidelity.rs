@@ -904,7 +904,15 @@ async fn subresources_take_only_their_verbs_and_a_watch_on_a_name_sees_that_obje
     let status = api.get(&format!("{}/status", path_of("a"))).await;
     assert_eq!(status.body["metadata"]["name"], "a", "GET on /status answers the whole object");
 
-    let response = api.raw(Method::GET, &format!("{}?watch=true&resourceVersion={}", path_of("b"), rv(&created)), "", Bytes::new()).await.unwrap();
+    let response = api
+        .raw(
+            Method::GET,
+            &format!("{}?watch=true&resourceVersion={}", path_of("b"), rv(&created)),
+            "",
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
     let mut watch = Watch { body: response.into_body(), buffer: Vec::new() };
     api.merge(&path_of("a"), json!({"spec": {"size": 2}})).await;
     api.merge(&path_of("b"), json!({"spec": {"size": 3}})).await;
