@@ -1197,9 +1197,6 @@ impl State {
                 return Err(ApiError::invalid(&res.kind, &res.group, name, &["metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted".to_owned()]));
             }
         }
-        if res.group == "events.k8s.io" || (res.group.is_empty() && res.plural == "events") {
-            // Validated as core events (the stored form).
-        }
         let mut presented = present(res, &new);
         Self::validate(w, &mut presented)?;
         new = if res.group == "events.k8s.io" {

@@ -57,19 +57,19 @@ fn find<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 struct Column {
-    name: &'static str,
+    name: String,
     kind: &'static str,
     priority: i64,
     cell: Box<dyn Fn(&Value) -> Value>,
 }
 
 fn col(
-    name: &'static str,
+    name: impl Into<String>,
     kind: &'static str,
     priority: i64,
     cell: impl Fn(&Value) -> Value + 'static,
 ) -> Column {
-    Column { name, kind, priority, cell: Box::new(cell) }
+    Column { name: name.into(), kind, priority, cell: Box::new(cell) }
 }
 
 fn at(object: &Value, pointer: &str) -> Value {
@@ -183,8 +183,7 @@ fn custom_columns(columns: &[Value]) -> Vec<Column> {
     source
         .into_iter()
         .map(|c| {
-            let name: &'static str =
-                Box::leak(c["name"].as_str().unwrap_or_default().to_owned().into_boxed_str());
+            let name = c["name"].as_str().unwrap_or_default().to_owned();
             let kind = match c["type"].as_str().unwrap_or("string") {
                 "integer" => "integer",
                 "number" => "number",
