@@ -857,11 +857,9 @@ impl State {
         applied_fields: Option<Value>,
     ) -> Result<Value, ApiError> {
         let res = w.res;
+        Self::check_type(res, &mut object)?;
         if res.group == "events.k8s.io" {
-            Self::check_type(res, &mut object)?;
             object = events::to_core(&object);
-        } else {
-            Self::check_type(res, &mut object)?;
         }
         if !object.get("metadata").is_some_and(Value::is_object) {
             object["metadata"] = json!({});
@@ -1073,9 +1071,7 @@ impl State {
             return Ok((200, updated));
         }
         let old = old.ok_or_else(|| ApiError::not_found(&res.qualified(), name))?;
-        let Some(mut patched) = presented_old else {
-            return Err(ApiError::not_found(&res.qualified(), name));
-        };
+        let mut patched = presented_old.unwrap_or_else(|| present(res, &old));
         let patch: Value = parse_json(body)?;
         match content_type {
             "application/merge-patch+json" => json_patch::merge(&mut patched, &patch),
@@ -1240,7 +1236,10 @@ impl State {
         if finalizing {
             // The last finalizer is gone: the object goes (one DELETED event).
             let gone = self.store.remove_as(&res.storage, new);
-            self.after_removal(&res.storage, gone.as_ref());
+            if let Some(gone) = &gone {
+                self.forget_crd_objects(&res.storage, gone);
+            }
+            self.collect_garbage();
             return Ok(gone.unwrap_or(old));
         }
         Ok(self.store.put(&res.storage, new))
@@ -1339,14 +1338,21 @@ impl State {
 
     /// Removes an object for good and collects what depended on it.
     fn remove(&mut self, storage: &str, ns: &str, name: &str) -> Option<Value> {
-        let gone = self.store.remove(storage, ns, name);
-        self.after_removal(storage, gone.as_ref());
+        let gone = self.forget(storage, ns, name);
+        self.collect_garbage();
         gone
     }
 
-    /// What follows a removal: a CRD takes its objects along; dependents are collected.
-    fn after_removal(&mut self, storage: &str, gone: Option<&Value>) {
-        let Some(gone) = gone else { return };
+    /// Takes an object out of the store; a CRD takes its objects along. Removals by requests and
+    /// by the garbage collector go through here (the finalizing update uses `remove_as` and the
+    /// same CRD step).
+    fn forget(&mut self, storage: &str, ns: &str, name: &str) -> Option<Value> {
+        let gone = self.store.remove(storage, ns, name)?;
+        self.forget_crd_objects(storage, &gone);
+        Some(gone)
+    }
+
+    fn forget_crd_objects(&mut self, storage: &str, gone: &Value) {
         let name = meta(gone, "name").unwrap_or_default().to_owned();
         if storage == "apiextensions.k8s.io/customresourcedefinitions" {
             self.registry.unregister_crd(&name);
@@ -1363,7 +1369,6 @@ impl State {
                 self.store.drop_storage(&s);
             }
         }
-        self.collect_garbage();
     }
 
     /// The garbage collector, run after every deletion (simplified: synchronously, where the real
@@ -1468,14 +1473,11 @@ impl State {
                     object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
                     self.store.put(&storage, object);
                 } else {
-                    self.store.remove(&storage, &ns, &name);
-                    if storage == "apiextensions.k8s.io/customresourcedefinitions" {
-                        self.registry.unregister_crd(&name);
-                    }
+                    self.forget(&storage, &ns, &name);
                 }
             }
             Gc::Remove(storage, ns, name) => {
-                self.store.remove(&storage, &ns, &name);
+                self.forget(&storage, &ns, &name);
             }
             Gc::SetOwners(storage, ns, name, owners) => {
                 let Some(mut object) = self.store.get(&storage, &ns, &name).cloned() else { return };
@@ -1496,7 +1498,7 @@ impl State {
                     .map(|f| f.iter().filter(|x| *x != finalizer).cloned().collect())
                     .unwrap_or_default();
                 if left.is_empty() {
-                    self.store.remove(&storage, &ns, &name);
+                    self.forget(&storage, &ns, &name);
                 } else {
                     object["metadata"]["finalizers"] = json!(left);
                     self.store.put(&storage, object);
