@@ -8,9 +8,50 @@ use crate::api::{HealthCheck, InstanceStatus};
 /// Every CRD vigil installs, with the file name it has under `crds/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("healthchecks.vigil.dev.yaml", HealthCheck::crd()),
-        ("instancestatuses.vigil.dev.yaml", InstanceStatus::crd()),
+        ("healthchecks.vigil.dev.yaml", kubernetes_formats(HealthCheck::crd())),
+        ("instancestatuses.vigil.dev.yaml", kubernetes_formats(InstanceStatus::crd())),
     ]
+}
+
+/// The CRD with the integer formats schemars writes for unsigned Rust types (`uint8`, `uint32`)
+/// replaced by the ones Kubernetes knows (`int32`, `int64`): the API server answers every apply
+/// of an unknown format with a warning (`unrecognized format "uint32"`). The `minimum: 0` that
+/// schemars writes beside them keeps the values unsigned.
+fn kubernetes_formats(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
+    fn walk(schema: &mut JSONSchemaProps) {
+        if let Some(format) = schema.format.as_mut() {
+            match format.as_str() {
+                "uint8" | "uint16" | "int8" | "int16" => *format = "int32".to_owned(),
+                "uint32" | "uint64" | "uint" => *format = "int64".to_owned(),
+                _ => {}
+            }
+        }
+        for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+            walk(child);
+        }
+        if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(items)) =
+            schema.items.as_mut()
+        {
+            walk(items);
+        }
+        if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool::Schema(extra)) =
+            schema.additional_properties.as_mut()
+        {
+            walk(extra);
+        }
+        for list in [&mut schema.all_of, &mut schema.any_of, &mut schema.one_of] {
+            for child in list.iter_mut().flatten() {
+                walk(child);
+            }
+        }
+    }
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            walk(schema);
+        }
+    }
+    crd
 }
 
 /// One CRD as the YAML document committed under `crds/`.

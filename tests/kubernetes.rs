@@ -1,11 +1,15 @@
-//! vigil's resources against the Kubernetes API stand-in (`test-apiserver/`): the real `kubectl`
-//! over its HTTP face with the committed CRDs and examples, and a `kube::runtime::Controller`
-//! over its in-process face.
+//! vigil's resources on the real control plane of the tests (kube-apiserver, etcd,
+//! kube-controller-manager and kwok, built and started by `tests/fixtures/k8s.sh`): `kubectl`
+//! with the committed CRDs and examples, a `kube::runtime::Controller`, RBAC on ServiceAccount
+//! tokens, the real garbage collector, kwok's nodes and helm. The `kubectl` scenario and the
+//! controller also run against the stand-in (`test-apiserver/`), which is held to the same
+//! expectations.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,53 +20,9 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
+use support::k8s::{ControlPlane, Kubectl, control_plane, eventually};
 use vigil::api::{HealthCheck, InstanceStatus};
 use vigil_test_apiserver::ApiServer;
-
-/// `kubectl` with its own kubeconfig and discovery cache.
-struct Kubectl {
-    kubeconfig: std::path::PathBuf,
-    cache: std::path::PathBuf,
-}
-
-impl Kubectl {
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        let mut command = Command::new("kubectl");
-        command
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().expect("kubectl is installed (tests/fixtures/tools.sh)");
-        if let Some(text) = stdin {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().unwrap();
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
-    }
-
-    /// Runs and requires success; returns the output.
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, text) = self.run(args, None);
-        assert!(ok, "kubectl {} failed:\n{text}", args.join(" "));
-        text
-    }
-
-    fn ok_stdin(&self, args: &[&str], stdin: &str) -> String {
-        let (ok, text) = self.run(args, Some(stdin));
-        assert!(ok, "kubectl {} failed:\n{text}", args.join(" "));
-        text
-    }
-}
 
 /// Words of a table line, for comparing columns without caring about their widths.
 fn words(line: &str) -> Vec<&str> {
@@ -73,6 +33,8 @@ fn words(line: &str) -> Vec<&str> {
 /// describe with Events, delete. Runs against the stand-in here and against a real cluster in the
 /// ignored end-to-end test below, so both are held to the same expectations.
 fn kubectl_scenario(kubectl: &Kubectl) {
+    // What a failed earlier run on the same cluster may have left.
+    kubectl.ok(&["delete", "namespace", "shop", "--ignore-not-found"]);
     let crds = kubectl.ok(&["apply", "--server-side", "-f", "crds/"]);
     assert!(
         crds.contains(
@@ -86,6 +48,8 @@ fn kubectl_scenario(kubectl: &Kubectl) {
         ),
         "{crds}"
     );
+    // The real server warns about schema parts it does not know (such as `format: uint32`).
+    assert!(!crds.contains("Warning"), "{crds}");
     // Applying again is a no-op for the server and fine for kubectl.
     kubectl.ok(&["apply", "--server-side", "-f", "crds/"]);
     kubectl.ok(&[
@@ -94,23 +58,25 @@ fn kubectl_scenario(kubectl: &Kubectl) {
         "crd/healthchecks.vigil.dev",
         "crd/instancestatuses.vigil.dev",
     ]);
+    kubectl.ok(&["delete", "-f", "examples/", "--ignore-not-found"]);
 
     // The examples name their namespace; like a real cluster, it must exist first.
     let (ok, missing) = kubectl.run(&["apply", "-f", "examples/http-pods.yaml"], None);
     assert!(!ok && missing.contains("namespaces \"shop\" not found"), "{missing}");
     kubectl.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n");
     let applied = kubectl.ok(&["apply", "-f", "examples/"]);
-    let mut created = 0;
+    let mut created = Vec::new();
     for example in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")).unwrap() {
         let path = example.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let text = std::fs::read_to_string(&path).unwrap();
-            let name = text.lines().find_map(|l| l.strip_prefix("  name: ")).unwrap().trim();
+            let field = |f: &str| text.lines().find_map(|l| l.strip_prefix(f)).map(|v| v.trim().to_owned());
+            let name = field("  name: ").unwrap();
             assert!(applied.contains(&format!("healthcheck.vigil.dev/{name} created")), "{name}: {applied}");
-            created += 1;
+            created.push((field("  namespace: ").unwrap_or_else(|| "default".into()), name));
         }
     }
-    assert!(created >= 4, "every example applied ({created})");
+    assert!(created.len() >= 4, "every example applied ({created:?})");
 
     let list = kubectl.ok(&["get", "vhc", "-A"]);
     let mut lines = list.lines();
@@ -118,7 +84,14 @@ fn kubectl_scenario(kubectl: &Kubectl) {
         words(lines.next().unwrap()),
         ["NAMESPACE", "NAME", "TARGET", "PROBE", "TARGETS", "HEALTHY", "UNHEALTHY", "READY", "AGE"]
     );
-    assert_eq!(lines.count(), created, "{list}");
+    // (a shared cluster may hold other HealthChecks too)
+    let rows: Vec<Vec<&str>> = lines.map(words).collect();
+    for (namespace, name) in &created {
+        assert!(
+            rows.iter().any(|r| r[..2] == [namespace.as_str(), name.as_str()]),
+            "{namespace}/{name}: {list}"
+        );
+    }
 
     // An InstanceStatus as the agent writes it: the object, then its status subresource.
     let ist = "apiVersion: vigil.dev/v1alpha1\nkind: InstanceStatus\nmetadata:\n  name: pod-shop-web-1\n  namespace: shop\nspec:\n  instance:\n    kind: Pod\n    id: shop/web-1\n    name: web-1\n    node: node-a\n";
@@ -179,14 +152,23 @@ fn kubectl_scenario(kubectl: &Kubectl) {
     kubectl.ok(&["delete", "namespace", "shop"]);
 }
 
+#[test]
+fn kubectl_applies_the_crds_and_examples_and_reads_them_back() {
+    let plane = ControlPlane::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::new(&plane.kubeconfig(), &dir.path().join("cache"));
+    kubectl_scenario(&kubectl);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_applies_the_crds_and_examples_and_reads_them_back() {
+async fn kubectl_scenario_on_the_stand_in() {
     let server = ApiServer::new();
     let address = server.serve("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     ApiServer::write_kubeconfig(address, &kubeconfig).unwrap();
-    let kubectl = Kubectl { kubeconfig, cache: dir.path().join("cache") };
+    let cache = dir.path().join("cache");
+    let kubectl = tokio::task::spawn_blocking(move || Kubectl::new(&kubeconfig, &cache)).await.unwrap();
     // kubectl blocks; the server runs on the test's other worker.
     tokio::task::spawn_blocking(move || kubectl_scenario(&kubectl)).await.unwrap();
     // The server counted what kubectl did.
@@ -197,27 +179,59 @@ async fn kubectl_applies_the_crds_and_examples_and_reads_them_back() {
 
 /// The same scenario against a real cluster: `VIGIL_E2E_KUBECONFIG=~/.kube/config cargo test
 /// --test kubernetes -- --ignored` (a disposable kind or k3d cluster: it installs the CRDs and
-/// creates then deletes the `shop` namespace).
+/// creates then deletes the `shop` namespace; `kubectl` from PATH unless `VIGIL_E2E_KUBECTL`).
 #[test]
 #[ignore = "needs a real cluster: set VIGIL_E2E_KUBECONFIG"]
 fn kubectl_scenario_on_a_real_cluster() {
     let kubeconfig = std::env::var_os("VIGIL_E2E_KUBECONFIG")
         .expect("VIGIL_E2E_KUBECONFIG names the cluster's kubeconfig");
     let dir = tempfile::tempdir().unwrap();
-    kubectl_scenario(&Kubectl { kubeconfig: kubeconfig.into(), cache: dir.path().join("cache") });
+    let kubectl = Kubectl {
+        bin: std::env::var_os("VIGIL_E2E_KUBECTL").unwrap_or("kubectl".into()).into(),
+        kubeconfig: kubeconfig.into(),
+        cache: dir.path().join("cache"),
+    };
+    kubectl_scenario(&kubectl);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_controller_reconciles_new_objects_and_settles_after_its_own_status_writes() {
-    let server = ApiServer::new();
-    let client = server.client();
-    let crds: Api<
-        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    > = Api::all(client.clone());
-    crds.create(&PostParams::default(), &HealthCheck::crd()).await.unwrap();
-    crds.create(&PostParams::default(), &InstanceStatus::crd()).await.unwrap();
+/// Installs vigil's CRDs (server-side apply, so it is a no-op when they are current) and waits
+/// until both are served.
+async fn install_crds(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let apply = PatchParams::apply("vigil-tests").force();
+    for (_, crd) in vigil::crd::all() {
+        crds.patch(&crd.name_any(), &apply, &Patch::Apply(&crd)).await.unwrap();
+    }
+    let checks: Api<HealthCheck> = Api::all(client.clone());
+    let statuses: Api<InstanceStatus> = Api::all(client.clone());
+    eventually("vigil's kinds are served", Duration::from_secs(30), || async {
+        (checks.list(&Default::default()).await.is_ok() && statuses.list(&Default::default()).await.is_ok())
+            .then_some(())
+    })
+    .await;
+}
 
-    let checks: Api<HealthCheck> = Api::namespaced(client.clone(), "default");
+/// A HealthCheck from the examples, moved to `namespace`.
+fn example_check(file: &str, namespace: &str) -> HealthCheck {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(file)).unwrap();
+    let mut check: HealthCheck = serde_saphyr::from_str(&text).unwrap();
+    check.metadata.namespace = Some(namespace.to_owned());
+    check
+}
+
+/// A naive controller (it writes the same status on every reconcile) over `client`: reconciles a
+/// HealthCheck created after it started, settles after its own status write because a write that
+/// changes nothing emits no event, and reconciles again on a spec change. `status_writes` counts
+/// the server's `patch healthchecks/status` requests.
+async fn controller_scenario<F, Fut>(client: kube::Client, namespace: &str, status_writes: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    install_crds(&client).await;
+    let checks: Api<HealthCheck> = Api::namespaced(client.clone(), namespace);
     let reconciles = Arc::new(AtomicUsize::new(0));
     let counter = reconciles.clone();
     let controller = Controller::new(checks.clone(), watcher::Config::default())
@@ -226,8 +240,6 @@ async fn a_controller_reconciles_new_objects_and_settles_after_its_own_status_wr
                 let counter = counter.clone();
                 async move {
                     counter.fetch_add(1, Ordering::SeqCst);
-                    // A naive reconciler: writes the same status every time. Against a real
-                    // server the second write changes nothing, emits no event and ends the loop.
                     let status = json!({"status": {"observedGeneration": check.metadata.generation, "targets": 0, "healthy": 0, "unhealthy": 0, "unknown": 0}});
                     api.patch_status(&check.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
                     Ok::<_, kube::Error>(Action::await_change())
@@ -242,28 +254,20 @@ async fn a_controller_reconciles_new_objects_and_settles_after_its_own_status_wr
     // Created after the controller started: only the watch can bring it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(reconciles.load(Ordering::SeqCst), 0);
-    let example =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/endpoints-grpc.yaml"))
-            .unwrap();
-    let check: HealthCheck = serde_saphyr::from_str(&example).unwrap();
-    checks.create(&PostParams::default(), &check).await.unwrap();
+    checks.create(&PostParams::default(), &example_check("endpoints-grpc.yaml", namespace)).await.unwrap();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("the controller writes status", Duration::from_secs(10), || async {
         let current = checks.get("payments").await.unwrap();
-        if current.status.as_ref().and_then(|s| s.observed_generation) == Some(1) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the controller never wrote status");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (current.status.as_ref().and_then(|s| s.observed_generation) == Some(1)).then_some(())
+    })
+    .await;
     // Quiet for a while: no reconcile storm, no stream of status writes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let settled = reconciles.load(Ordering::SeqCst);
-    let writes = server.requests("patch", "healthchecks/status");
+    let writes = status_writes().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(reconciles.load(Ordering::SeqCst), settled, "reconciles kept coming");
-    assert_eq!(server.requests("patch", "healthchecks/status"), writes, "status writes kept coming");
+    assert_eq!(status_writes().await, writes, "status writes kept coming");
     assert!(settled <= 3, "{settled} reconciles for one object and its own status write");
 
     // A spec change is seen and reconciled once more, with the new generation.
@@ -275,10 +279,231 @@ async fn a_controller_reconciles_new_objects_and_settles_after_its_own_status_wr
         )
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while checks.get("payments").await.unwrap().status.and_then(|s| s.observed_generation) != Some(2) {
-        assert!(tokio::time::Instant::now() < deadline, "the spec change was not reconciled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the spec change is reconciled", Duration::from_secs(10), || async {
+        let current = checks.get("payments").await.unwrap();
+        (current.status.and_then(|s| s.observed_generation) == Some(2)).then_some(())
+    })
+    .await;
     running.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_reconciles_new_objects_and_settles_after_its_own_status_writes() {
+    let plane = control_plane().await;
+    let namespace = plane.namespace("controller").await.unwrap();
+    let client = plane.client().await.unwrap();
+    // The API server's own count; only this test writes HealthCheck status.
+    controller_scenario(client, &namespace, || async {
+        plane.request_counts().await.unwrap().get("patch", "healthchecks/status")
+    })
+    .await;
+    plane.delete_namespace(&namespace).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_settles_on_the_stand_in_too() {
+    let server = ApiServer::new();
+    controller_scenario(server.client(), "default", || async {
+        server.requests("patch", "healthchecks/status")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_judges_service_account_tokens() {
+    let plane = control_plane().await;
+    let namespace = plane.namespace("rbac").await.unwrap();
+    let admin = plane.client().await.unwrap();
+    install_crds(&admin).await;
+    // A real token of a ServiceAccount with no role bound.
+    let writer = plane.client_as(&namespace, "writer").await.unwrap();
+    let checks: Api<HealthCheck> = Api::namespaced(writer, &namespace);
+    let check = example_check("endpoints-grpc.yaml", &namespace);
+    match checks.create(&PostParams::default(), &check).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 403, "{s:?}");
+            assert!(
+                s.message.contains(&format!("system:serviceaccount:{namespace}:writer"))
+                    && s.message.contains("cannot create resource \"healthchecks\""),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("an unbound ServiceAccount created a HealthCheck: {other:?}"),
+    }
+
+    // A Role that allows it, bound to the ServiceAccount.
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": {"name": "healthcheck-writer"},
+        "rules": [{"apiGroups": ["vigil.dev"], "resources": ["healthchecks"], "verbs": ["create", "get"]}],
+    }))
+    .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "healthcheck-writer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "healthcheck-writer"},
+        "subjects": [{"kind": "ServiceAccount", "name": "writer", "namespace": namespace}],
+    }))
+    .unwrap();
+    Api::namespaced(admin.clone(), &namespace).create(&PostParams::default(), &role).await.unwrap();
+    Api::namespaced(admin.clone(), &namespace).create(&PostParams::default(), &binding).await.unwrap();
+    let created = eventually("the bound Role takes effect", Duration::from_secs(10), || async {
+        match checks.create(&PostParams::default(), &check).await {
+            Ok(created) => Some(created),
+            Err(kube::Error::Api(s)) if s.code == 403 => None,
+            Err(e) => panic!("{e:?}"),
+        }
+    })
+    .await;
+    assert_eq!(created.metadata.name.as_deref(), Some("payments"));
+    // Only what the Role names: deleting is still refused.
+    match checks.delete("payments", &Default::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("delete was not refused: {other:?}"),
+    }
+    plane.delete_namespace(&namespace).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_status_owned_by_a_pod_goes_with_the_pod() {
+    use k8s_openapi::api::core::v1::Pod;
+    let plane = control_plane().await;
+    let namespace = plane.namespace("gc").await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}]},
+    }))
+    .unwrap();
+    let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let statuses: Api<InstanceStatus> = Api::namespaced(client.clone(), &namespace);
+    let status: InstanceStatus = serde_json::from_value(json!({
+        "apiVersion": "vigil.dev/v1alpha1", "kind": "InstanceStatus",
+        "metadata": {"name": "pod-web-1", "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "web-1", "uid": pod.metadata.uid}]},
+        "spec": {"instance": {"kind": "Pod", "id": format!("{namespace}/web-1"), "name": "web-1", "node": "n1"}},
+    }))
+    .unwrap();
+    statuses.create(&PostParams::default(), &status).await.unwrap();
+    // One that is owned by nothing stays.
+    let mut unowned = status.clone();
+    unowned.metadata.name = Some("host-n1".into());
+    unowned.metadata.owner_references = None;
+    statuses.create(&PostParams::default(), &unowned).await.unwrap();
+
+    pods.delete("web-1", &Default::default()).await.unwrap();
+    // The real garbage collector (kube-controller-manager) deletes the dependent; it may first
+    // have to discover the new kind (a resync every 30 s).
+    eventually("the Pod's InstanceStatus is collected", Duration::from_secs(90), || async {
+        match statuses.get("pod-web-1").await {
+            Err(kube::Error::Api(s)) if s.code == 404 => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(statuses.get("host-n1").await.is_ok(), "an InstanceStatus without an owner stays");
+    plane.delete_namespace(&namespace).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kwok_keeps_fifty_nodes_ready_with_leases() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Node;
+    let plane = control_plane().await;
+    let client = plane.client().await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let prefix = format!("kwok-{:06x}", fastrand::u32(..0xff_ffff));
+    let names: Vec<String> = (0..50).map(|i| format!("{prefix}-{i:02}")).collect();
+    for name in &names {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {"vigil.test/kwok": prefix}},
+        }))
+        .unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+    }
+    let selector = kube::api::ListParams::default().labels(&format!("vigil.test/kwok={prefix}"));
+    eventually("kwok makes all 50 nodes Ready", Duration::from_secs(60), || async {
+        let listed = nodes.list(&selector).await.unwrap();
+        let ready = listed
+            .items
+            .iter()
+            .filter(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        (ready == 50).then_some(())
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let renewed_at = |lease: &Lease| lease.spec.as_ref().and_then(|s| s.renew_time.clone()).map(|t| t.0);
+    let first = eventually("a Lease for every node", Duration::from_secs(60), || async {
+        let mut times = Vec::new();
+        for name in &names {
+            let lease = leases.get_opt(name).await.unwrap()?;
+            // (held by kwok under its own identity, where a kubelet would name its node)
+            assert!(
+                lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).is_some_and(|h| !h.is_empty())
+            );
+            times.push(renewed_at(&lease)?);
+        }
+        Some(times)
+    })
+    .await;
+    // Renewed every quarter of the 40 s lease duration, as a kubelet does.
+    eventually("every Lease is renewed", Duration::from_secs(30), || async {
+        for (name, before) in names.iter().zip(&first) {
+            let lease = leases.get(name).await.unwrap();
+            if renewed_at(&lease)? <= *before {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    for name in &names {
+        nodes.delete(name, &Default::default()).await.unwrap();
+    }
+}
+
+#[test]
+fn helm_renders_a_chart_against_the_api_server() {
+    let plane = ControlPlane::shared();
+    let helm = plane.bin("helm");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&helm)
+            .args(args)
+            .env("KUBECONFIG", plane.kubeconfig())
+            .env("HELM_CACHE_HOME", dir.path().join("cache"))
+            .env("HELM_CONFIG_HOME", dir.path().join("config"))
+            .env("HELM_DATA_HOME", dir.path().join("data"))
+            .output()
+            .unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "helm {}: {text}", args.join(" "));
+        text
+    };
+    assert!(run(&["version", "--short"]).starts_with("v3.22.0"), "the pinned helm");
+    // A throw-away chart that prints what helm learnt of the cluster.
+    let chart = dir.path().join("probe");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: probe\nversion: 0.1.0\nkubeVersion: \">=1.30.0-0\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        chart.join("templates/configmap.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\ndata:\n  kubeVersion: {{ .Capabilities.KubeVersion.Version | quote }}\n  hasLeases: {{ .Capabilities.APIVersions.Has \"coordination.k8s.io/v1/Lease\" | quote }}\n",
+    )
+    .unwrap();
+    // --validate: helm asks the API server for its version and kinds instead of assuming them.
+    let rendered =
+        run(&["template", "probe", chart.to_str().unwrap(), "--validate", "--namespace", "default"]);
+    assert!(rendered.contains(&format!("kubeVersion: \"{}\"", plane.version())), "{rendered}");
+    assert!(rendered.contains("hasLeases: \"true\""), "{rendered}");
 }

@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control_plane;
 mod events;
 mod faults;
 mod http_face;

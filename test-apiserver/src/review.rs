@@ -81,7 +81,8 @@ impl Authz {
                         "user": {"username": user.name, "uid": format!("uid-{}", user.name), "groups": user.groups},
                         "audiences": audiences,
                     }),
-                    None => json!({"authenticated": false, "user": {}, "error": "invalid bearer token"}),
+                    // (the real server omits `authenticated` when it is false)
+                    None => json!({"user": {}, "error": "invalid bearer token"}),
                 };
             }
             _ => {

@@ -204,7 +204,9 @@ fn parse_route(path: &str) -> Option<Route> {
 fn verb_of(method: &Method, target: &Target, query: &Query) -> &'static str {
     let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     match (method.as_str(), target.name.is_some()) {
-        ("GET", _) if watching => "watch",
+        // The real server serves a GET of one object's URL as a get, `watch=true` or not (its
+        // watch on one object is a list watch with a `metadata.name` field selector).
+        ("GET", false) if watching => "watch",
         ("GET", true) => "get",
         ("GET", false) => "list",
         ("POST", _) => "create",
@@ -421,7 +423,7 @@ impl Server {
                     .store
                     .get(&res.storage, &ns, name)
                     .ok_or_else(|| ApiError::not_found(&res.qualified(), name))?;
-                let object = present(&res, object);
+                let object = with_budget_status(&st.store, &res, present(&res, object));
                 if as_table {
                     return Ok(reply(
                         200,
@@ -549,7 +551,7 @@ impl Server {
             .store
             .list(&res.storage, ns)
             .filter(|o| labels.matches(o) && fields.matches(o))
-            .map(|o| present(res, o))
+            .map(|o| with_budget_status(&st.store, res, present(res, o)))
             .collect();
         // Paging: the continue token is the last key returned (opaque to clients).
         // Simplified: a continued list reads the latest state, not a snapshot at the first page.
@@ -576,6 +578,16 @@ impl Server {
         }
         if as_table {
             return Ok(reply(200, &table::table(res, &items, &st.store.rv().to_string(), query), &[]));
+        }
+        // The real server's lists of built-in kinds carry no apiVersion and kind per item (its
+        // lists of custom resources do).
+        if res.custom.is_none() {
+            for item in &mut items {
+                if let Some(m) = item.as_object_mut() {
+                    m.remove("apiVersion");
+                    m.remove("kind");
+                }
+            }
         }
         Ok(reply(
             200,
@@ -642,10 +654,7 @@ impl Server {
                 }
                 // Simplified: the disruption controller's count is taken now, from the pods
                 // that are Running and Ready, instead of from the PDB's status.
-                let matching: Vec<&Value> =
-                    st.store.list("/pods", Some(ns)).filter(|p| selector.matches(p)).collect();
-                let healthy = matching.iter().filter(|p| ready(p)).count() as i64;
-                let total = matching.len() as i64;
+                let (healthy, total) = budget_pods(&st.store, ns, &selector);
                 let allowed = disruptions_allowed(&pdb, healthy, total);
                 if allowed < 1 {
                     let mut e = ApiError::new(
@@ -676,6 +685,60 @@ fn ready(pod: &Value) -> bool {
             c.get("type").and_then(Value::as_str) == Some("Ready")
                 && c.get("status").and_then(Value::as_str) == Some("True")
         })
+}
+
+const POD_SPEC_IMMUTABLE: &str = "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
+/// A pod's spec may change only in its images, deadline, tolerations and grace period, as the
+/// real validation has it (simplified: tolerations may change in any way).
+fn pod_spec_update_allowed(old: &Value, new: &Value) -> bool {
+    let comparable = |pod: &Value| {
+        let mut spec = pod.get("spec").cloned().unwrap_or(json!({}));
+        for list in ["containers", "initContainers"] {
+            if let Some(items) = spec.get_mut(list).and_then(Value::as_array_mut) {
+                for c in items {
+                    if let Some(m) = c.as_object_mut() {
+                        m.remove("image");
+                    }
+                }
+            }
+        }
+        if let Some(m) = spec.as_object_mut() {
+            for f in ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds"] {
+                m.remove(f);
+            }
+        }
+        spec
+    };
+    comparable(old) == comparable(new)
+}
+
+/// The healthy (Running and Ready) and all pods of `ns` that `selector` matches.
+fn budget_pods(store: &Store, ns: &str, selector: &LabelSelector) -> (i64, i64) {
+    let matching: Vec<&Value> = store.list("/pods", Some(ns)).filter(|p| selector.matches(p)).collect();
+    (matching.iter().filter(|p| ready(p)).count() as i64, matching.len() as i64)
+}
+
+/// A PodDisruptionBudget with the status the real disruption controller keeps. Simplified: it
+/// is computed when the budget is read (watch events carry the stored object without it).
+fn with_budget_status(store: &Store, res: &Resource, mut pdb: Value) -> Value {
+    if res.plural != "poddisruptionbudgets" {
+        return pdb;
+    }
+    let selector = pdb.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+    let (Ok(selector), Some(ns)) = (LabelSelector::from_object(&selector), meta(&pdb, "namespace")) else {
+        return pdb;
+    };
+    let (healthy, total) = budget_pods(store, ns, &selector);
+    let allowed = disruptions_allowed(&pdb, healthy, total).max(0);
+    pdb["status"] = json!({
+        "observedGeneration": pdb.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
+        "currentHealthy": healthy,
+        "desiredHealthy": healthy - allowed,
+        "expectedPods": total,
+        "disruptionsAllowed": allowed,
+    });
+    pdb
 }
 
 /// `minAvailable` / `maxUnavailable` (a count or a percent of the matching pods) → disruptions allowed.
@@ -821,8 +884,10 @@ impl State {
             match w.validation {
                 FieldValidation::Strict => {
                     return Err(ApiError::bad_request(format!(
-                        "strict decoding error: {}",
-                        unknown.join(", ")
+                        "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                        unknown.join(", "),
+                        kind = w.res.kind,
+                        version = w.res.version,
                     )));
                 }
                 FieldValidation::Warn => w.warnings.extend(unknown),
@@ -1193,6 +1258,19 @@ impl State {
                 return Err(ApiError::invalid(&res.kind, &res.group, name, &["metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted".to_owned()]));
             }
         }
+        if res.group.is_empty() && res.plural == "pods" {
+            let count = |pod: &Value| pod.pointer("/spec/containers").and_then(Value::as_array).map(Vec::len);
+            let error = if count(&old) != count(&new) {
+                Some("spec.containers: Forbidden: pod updates may not add or remove containers")
+            } else if !pod_spec_update_allowed(&old, &new) {
+                Some(POD_SPEC_IMMUTABLE)
+            } else {
+                None
+            };
+            if let Some(error) = error {
+                return Err(ApiError::invalid(&res.kind, &res.group, name, &[error.to_owned()]));
+            }
+        }
         let mut presented = present(res, &new);
         Self::validate(w, &mut presented)?;
         new = if res.group == "events.k8s.io" {
@@ -1449,9 +1527,13 @@ impl State {
                 return Some(Gc::DropFinalizer(s, ns, name, "orphan"));
             } else if has(o, "foregroundDeletion") {
                 let uid = meta(o, "uid");
-                let waiting = dependents
-                    .iter()
-                    .any(|(_, _, refs)| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == uid));
+                // Only dependents whose reference says blockOwnerDeletion hold the owner back.
+                let waiting = dependents.iter().any(|(_, _, refs)| {
+                    refs.iter().any(|r| {
+                        r.get("uid").and_then(Value::as_str) == uid
+                            && r.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true)
+                    })
+                });
                 if !waiting {
                     return Some(Gc::DropFinalizer(s, ns, name, "foregroundDeletion"));
                 }

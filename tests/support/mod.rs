@@ -4,4 +4,5 @@
 
 pub mod agent;
 pub mod docker;
+pub mod k8s;
 pub mod servers;
