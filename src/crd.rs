@@ -35,8 +35,11 @@ fn kubernetes_formats(mut crd: CustomResourceDefinition) -> CustomResourceDefini
         {
             walk(items);
         }
-        if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool::Schema(extra)) =
-            schema.additional_properties.as_mut()
+        if let Some(
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool::Schema(
+                extra,
+            ),
+        ) = schema.additional_properties.as_mut()
         {
             walk(extra);
         }

@@ -507,3 +507,44 @@ fn helm_renders_a_chart_against_the_api_server() {
     assert!(rendered.contains(&format!("kubeVersion: \"{}\"", plane.version())), "{rendered}");
     assert!(rendered.contains("hasLeases: \"true\""), "{rendered}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_outage_refuses_connections_and_loses_nothing() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let plane = control_plane().await;
+    let namespace = plane.namespace("outage").await.unwrap();
+    // A second API server on the same etcd: stopping it disturbs no other test.
+    let server = tokio::task::spawn_blocking(|| ControlPlane::shared().second_apiserver("outage"))
+        .await
+        .unwrap()
+        .unwrap();
+    let client = server.client().await.unwrap();
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let map: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "kept"}, "data": {"a": "1"}})).unwrap();
+    maps.create(&PostParams::default(), &map).await.unwrap();
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.stop().unwrap();
+        server
+    })
+    .await
+    .unwrap();
+    match maps.get("kept").await {
+        Err(kube::Error::HyperError(_)) | Err(kube::Error::Service(_)) => {}
+        other => panic!("a stopped API server answered: {other:?}"),
+    }
+    // The main API server, on the same etcd, still has it.
+    let main: Api<ConfigMap> = Api::namespaced(plane.client().await.unwrap(), &namespace);
+    assert_eq!(main.get("kept").await.unwrap().data.unwrap()["a"], "1");
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.start().unwrap();
+        server
+    })
+    .await
+    .unwrap();
+    assert_eq!(maps.get("kept").await.unwrap().data.unwrap()["a"], "1", "back, with the data");
+    tokio::task::spawn_blocking(move || drop(server)).await.unwrap();
+    plane.delete_namespace(&namespace).await.unwrap();
+}

@@ -121,15 +121,7 @@ impl ControlPlane {
     }
 
     async fn config(&self) -> Result<kube::Config, Error> {
-        let kubeconfig = self.kubeconfig();
-        let config_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Config {
-            kubeconfig: kubeconfig.clone(),
-            source,
-        };
-        let file = Kubeconfig::read_from(&kubeconfig).map_err(|e| config_error(Box::new(e)))?;
-        kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-            .await
-            .map_err(|e| config_error(Box::new(e)))
+        config_from(&self.kubeconfig()).await
     }
 
     /// A client with the admin's rights.
@@ -209,15 +201,62 @@ impl ControlPlane {
         Ok(RequestCounts::parse(&text))
     }
 
-    /// Stops kube-apiserver alone (etcd keeps the data): clients see connections refused.
-    pub fn stop_apiserver(&self) -> Result<(), Error> {
-        self.script(&["apiserver-stop"]).map(drop)
+    /// A second kube-apiserver `name` on the same etcd, with a kubeconfig of its own: a test
+    /// that needs an outage stops and starts this one, and the tests beside it keep theirs.
+    /// Started ready; removed when the handle is dropped.
+    pub fn second_apiserver(&self, name: &str) -> Result<SecondApiServer, Error> {
+        let server = SecondApiServer { plane: self.clone(), name: name.to_owned() };
+        server.start()?;
+        Ok(server)
+    }
+}
+
+/// A second kube-apiserver on the control plane's etcd (see [`ControlPlane::second_apiserver`]).
+#[derive(Debug)]
+pub struct SecondApiServer {
+    plane: ControlPlane,
+    name: String,
+}
+
+impl SecondApiServer {
+    /// Its admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.plane.dir.join(format!("{}.kubeconfig", self.name))
     }
 
-    /// Starts kube-apiserver again on the same port and data; returns once it is ready.
-    pub fn start_apiserver(&self) -> Result<(), Error> {
-        self.script(&["apiserver-start"]).map(drop)
+    /// An admin client of this API server.
+    pub async fn client(&self) -> Result<kube::Client, Error> {
+        Ok(kube::Client::try_from(config_from(&self.kubeconfig()).await?)?)
     }
+
+    /// Stops it (etcd keeps the data): its clients see connections refused. Blocking.
+    pub fn stop(&self) -> Result<(), Error> {
+        self.plane.script(&["apiserver-stop", &self.name]).map(drop)
+    }
+
+    /// Starts it again on the same port; returns once it is ready. Blocking.
+    pub fn start(&self) -> Result<(), Error> {
+        self.plane.script(&["apiserver-start", &self.name]).map(drop)
+    }
+}
+
+impl Drop for SecondApiServer {
+    fn drop(&mut self) {
+        // Nothing to do about a failure here; `k8s.sh down` stops whatever is left.
+        let _ = self.plane.script(&["apiserver-remove", &self.name]);
+    }
+}
+
+/// A client configuration from a kubeconfig file.
+async fn config_from(kubeconfig: &Path) -> Result<kube::Config, Error> {
+    let config_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Config {
+        kubeconfig: kubeconfig.to_owned(),
+        source,
+    };
+    let file = Kubeconfig::read_from(kubeconfig).map_err(|e| config_error(Box::new(e)))?;
+    kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| config_error(Box::new(e)))
 }
 
 /// Requests the API server counted, by (verb, resource) in the stand-in's terms: verbs `get`,
