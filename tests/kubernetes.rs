@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{CustomResourceExt, ResourceExt};
+use kube::ResourceExt;
 use serde_json::json;
 use support::k8s::{ControlPlane, Kubectl, control_plane, eventually};
 use vigil::api::{HealthCheck, InstanceStatus};
