@@ -98,6 +98,12 @@ pub struct AgentArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub rescan_interval: Duration,
 
+    /// How long start-up waits for each inventory source (Docker, QEMU) to list what it has
+    /// before the agent turns ready without it and forgets saved instances that did not
+    /// reappear.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub inventory_sync_timeout: Duration,
+
     /// Memory pressure below this much available memory, MiB (the kubelet's default).
     #[arg(long, default_value_t = 100)]
     pub memory_pressure_mb: u64,

@@ -83,6 +83,8 @@ impl Health {
 pub struct Readiness {
     pending: AtomicUsize,
     broken: AtomicBool,
+    /// What the unreleased handles stand for, for `/readyz` to say.
+    waiting: std::sync::Mutex<Vec<&'static str>>,
 }
 
 /// One thing the agent waits for before it is ready. Dropping it without
@@ -103,7 +105,13 @@ impl Readiness {
     /// Takes a handle that must be released before the agent is ready.
     pub fn handle(self: &Arc<Self>, what: &'static str) -> ReadyHandle {
         self.pending.fetch_add(1, Ordering::SeqCst);
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).push(what);
         ReadyHandle { readiness: self.clone(), what, released: false }
+    }
+
+    /// What readiness still waits for.
+    pub fn waiting_for(&self) -> Vec<&'static str> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether every handle was released and nothing broke since.
@@ -126,6 +134,11 @@ impl ReadyHandle {
     /// Done: this part of the agent is ready.
     pub fn release(mut self) {
         self.released = true;
+        let mut waiting = self.readiness.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = waiting.iter().position(|w| *w == self.what) {
+            waiting.remove(i);
+        }
+        drop(waiting);
         self.readiness.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -152,6 +165,7 @@ mod tests {
         assert!(!r.is_ready());
         a.release();
         assert!(!r.is_ready());
+        assert_eq!(r.waiting_for(), ["inventory"]);
         b.release();
         assert!(r.is_ready());
         drop(r.handle("lost"));

@@ -664,3 +664,44 @@ fn an_idle_agent_does_not_reread_its_checks_folder() {
     let during = reads(&agent.logs()) - before;
     assert!(during <= 2, "the folder was read {during} times in 3 s:\n{}", agent.logs());
 }
+
+#[test]
+fn readiness_waits_for_a_source_that_has_not_listed_and_gives_up_after_the_sync_timeout() {
+    // A Docker socket that accepts connections and never answers: the containers are never
+    // listed.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in listener.incoming().take(8) {
+            open.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let socket = socket.display().to_string();
+    let mut agent = Agent::start_unready(
+        &dir.path().join("agent"),
+        &["--docker-socket", &socket, "--inventory-sync-timeout", "4s"],
+    );
+    // The API answers from the start, and says what readiness waits for.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (code, body) = loop {
+        if let Ok(answer) = agent.try_get("/readyz") {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "no HTTP answer:\n{}", agent.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("Docker containers listed"), "{body}");
+    assert_eq!(agent.get("/healthz").0, 200, "alive while not ready");
+    // After the bounded wait: ready without it, and the health says why.
+    agent.wait_ready();
+    let health = agent.json("/v1/health");
+    assert_eq!(health["status"], "degraded", "{health}");
+    let reasons = health["reasons"].to_string();
+    assert!(reasons.contains("not done at start-up: Docker containers listed"), "{reasons}");
+    assert!(reasons.contains("Docker daemon"), "{reasons}");
+    drop(held);
+}

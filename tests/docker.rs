@@ -108,6 +108,63 @@ fn healthcheck_drives_status_and_restarts_back_off_and_stop_at_max_restarts() {
 }
 
 #[test]
+fn a_restarted_agent_keeps_the_restart_budget_and_impaired_since_of_a_container() {
+    let socket = engine();
+    let name = format!("vigil-t-restore-{}", std::process::id());
+    // Unhealthy for good: /tmp/ok never exists, and survives no restart anyway.
+    let c = TestContainer::run(
+        socket,
+        &name,
+        &[
+            "--label",
+            "vigil.case=restore",
+            "--health-cmd",
+            "test -f /tmp/ok",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+        ],
+        "exec sleep 3600",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent_on(dir.path(), socket, &[]);
+    agent.write_check(
+        "c.yaml",
+        &container_check(
+            "web",
+            "restore",
+            "    docker: {}\n    periodSeconds: 1\n    failureThreshold: 2",
+            "  action:\n    type: restartContainer\n    maxRestarts: 1\n    windowSeconds: 3600\n    backoff: {initialSeconds: 0}",
+        ),
+    );
+    let id = instance_id(&name);
+    let spent = agent.wait_for(&format!("/v1/instances/{id}"), "one restart", Duration::from_secs(60), |d| {
+        restarts(&d["data"]) == 1 && d["data"]["status"]["instanceStatus"]["status"] == "impaired"
+    })["data"]
+        .clone();
+    let impaired_since = spent["status"]["instanceStatus"]["details"][0]["impairedSince"].clone();
+    assert!(impaired_since.is_string(), "{}", spent["status"]);
+    let restarted_at = spent["status"]["restarts"]["recent"][0]["time"].clone();
+    let started = c.inspect("{{.State.StartedAt}}");
+
+    // Killed without a chance to write anything more, then started again on the same state.
+    agent.kill9();
+    agent.restart();
+    let back = agent.wait_for(&format!("/v1/instances/{id}"), "the container again", WAIT, |d| {
+        d["data"]["status"]["instanceStatus"]["status"] == "impaired"
+    })["data"]
+        .clone();
+    assert_eq!(restarts(&back), 1, "the restart budget survives: {}", back["status"]);
+    assert_eq!(back["status"]["restarts"]["recent"][0]["time"], restarted_at);
+    assert_eq!(back["status"]["instanceStatus"]["details"][0]["impairedSince"], impaired_since);
+    // Still impaired and past its budget: no new restart (probes run every second).
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(restarts(&agent.instance(&id)), 1);
+    assert_eq!(c.inspect("{{.State.StartedAt}}"), started, "Docker was not asked to restart it again");
+}
+
+#[test]
 fn containers_come_and_go_with_their_instances_and_metrics() {
     let socket = engine();
     let name = format!("vigil-t-gone-{}", std::process::id());

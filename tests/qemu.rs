@@ -123,7 +123,7 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     std::fs::create_dir_all(&vm_dir).unwrap();
     let mut guest = Guest::start(&vm_dir);
     let glob = format!("{}/vms/*/qmp.sock", root.path().display());
-    let agent = Agent::start(&root.path().join("agent"), &["--vm-socket-glob", &glob]);
+    let mut agent = Agent::start(&root.path().join("agent"), &["--vm-socket-glob", &glob]);
     agent.write_check("vm.yaml", &restarted_vm_check());
 
     // Running: all three checks ok, and the host counts its vCPU and memory.
@@ -175,6 +175,15 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     let record = &back["status"]["restarts"]["recent"][0];
     assert_eq!(record["action"], "restartVM");
     assert!(record["message"].as_str().unwrap().contains("system_reset"), "{record}");
+
+    // The agent killed and started again: the VM's restart history is what it was (restored,
+    // not forgotten before the VM sockets were scanned), and nothing is restarted anew.
+    agent.kill9();
+    agent.restart();
+    let restored = agent.wait_status("vm-g1", "default/vm", "ok", WAIT);
+    assert_eq!(restarts(&restored), 1, "{}", restored["status"]);
+    assert_eq!(restored["status"]["restarts"]["recent"][0]["time"], record["time"]);
+    assert_eq!(restored["metadata"]["creationTimestamp"], back["metadata"]["creationTimestamp"]);
 
     // Maintenance: the VM named in the target's `suspend` list is left alone, and comes back
     // when taken off it.

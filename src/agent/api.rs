@@ -88,11 +88,13 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     if s.readiness.is_ready() {
         "ready\n".into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: sources have not synced, or a long-lived task stopped\n",
-        )
-            .into_response()
+        let waiting = s.readiness.waiting_for();
+        let why = if waiting.is_empty() {
+            "a long-lived task stopped".to_owned()
+        } else {
+            format!("waiting for: {}", waiting.join(", "))
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response()
     }
 }
 

@@ -28,7 +28,7 @@ use crate::engine::planner::{self, NodeInfo, Sources};
 use crate::engine::remediation::{ExecAction, Executors};
 use crate::engine::scheduler::{Scheduler, SchedulerConfig};
 use crate::engine::store::Store;
-use crate::health::{Health, Readiness};
+use crate::health::{Health, Readiness, ReadyHandle};
 use crate::http::{self, AccessPolicy, ServerConfig};
 use crate::inventory::Instance;
 use crate::inventory::host::{self, PressureThresholds};
@@ -66,6 +66,8 @@ pub struct AgentConfig {
     pub status_refresh_seconds: f64,
     /// Folder rescan period, seconds.
     pub rescan_interval_seconds: f64,
+    /// How long start-up waits for each inventory source's first listing, seconds.
+    pub inventory_sync_timeout_seconds: f64,
     /// Host pressure thresholds.
     pub pressure: PressureThresholds,
     /// Token file for sensitive routes (its content is never served).
@@ -158,6 +160,7 @@ impl AgentConfig {
             host_interval,
             status_refresh,
             rescan_interval,
+            inventory_sync_timeout,
             memory_pressure_mb,
             disk_pressure_percent,
             api_token_file,
@@ -198,6 +201,7 @@ impl AgentConfig {
             host_interval_seconds: host_interval.as_secs_f64(),
             status_refresh_seconds: status_refresh.as_secs_f64(),
             rescan_interval_seconds: rescan_interval.as_secs_f64(),
+            inventory_sync_timeout_seconds: inventory_sync_timeout.as_secs_f64(),
             pressure: PressureThresholds {
                 memory_available_bytes: memory_pressure_mb.saturating_mul(1024 * 1024),
                 disk_available_percent: disk_pressure_percent,
@@ -234,9 +238,62 @@ struct Reconciler {
     reported: BTreeSet<String>,
     docker: Option<DockerRuntime>,
     qemu: QemuRuntime,
+    startup: Option<StartupSync>,
+    /// Sources that had not listed their instances when start-up gave up waiting.
+    late: Vec<&'static str>,
+}
+
+/// Start-up: the instances restored from the state folder are kept until every inventory source
+/// has listed what it has (or the deadline passed); only then are those that did not reappear
+/// gone. Each source's readiness handle is released at its first listing.
+struct StartupSync {
+    deadline: tokio::time::Instant,
+    docker: Option<ReadyHandle>,
+    vms: Option<ReadyHandle>,
 }
 
 impl Reconciler {
+    /// Releases what has synced; once everything has (or `timed_out`), finishes the restore.
+    fn settle_startup(&mut self, timed_out: bool) {
+        let docker_synced = self.docker.as_ref().is_none_or(DockerRuntime::synced);
+        let vms_synced = self.qemu.synced();
+        if let Some(startup) = self.startup.as_mut() {
+            if docker_synced && let Some(h) = startup.docker.take() {
+                h.release();
+            }
+            if vms_synced && let Some(h) = startup.vms.take() {
+                h.release();
+            }
+            if !(timed_out || (startup.docker.is_none() && startup.vms.is_none())) {
+                return;
+            }
+            let late: Vec<&'static str> = [startup.docker.take(), startup.vms.take()]
+                .into_iter()
+                .flatten()
+                .map(|h| {
+                    let what = h.what();
+                    h.release();
+                    what
+                })
+                .collect();
+            if !late.is_empty() {
+                let problem = format!(
+                    "not done at start-up: {}; instances saved for it and not seen yet were forgotten",
+                    late.join(", ")
+                );
+                warn!("{problem}");
+                self.health.set("startup", vec![problem]);
+            }
+            self.late = late;
+            self.startup = None;
+            self.store.finish_restore();
+            info!("state restore finished");
+        } else if !self.late.is_empty() && docker_synced && vms_synced {
+            self.late.clear();
+            self.health.set("startup", Vec::new());
+        }
+    }
+
     fn apply(&mut self, snapshot: Snapshot) {
         let origins: std::collections::BTreeMap<_, _> =
             snapshot.objects.iter().map(|o| (o.key(), o.origin.clone())).collect();
@@ -276,6 +333,7 @@ impl Reconciler {
         let sources = Sources { containers: self.docker.is_some(), vms: true, ..Sources::default() };
         let plan = planner::plan(&self.node, &self.catalog.running(), &discovered, sources);
         self.scheduler.apply(plan);
+        self.settle_startup(false);
     }
 }
 
@@ -285,7 +343,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let metrics = AgentMetrics::register(&registry).map_err(AgentError::Metrics)?;
     let health = Health::new();
     let readiness = Readiness::new();
-    let synced = readiness.handle("checks folder loaded");
+    let checks_loaded = readiness.handle("checks folder loaded");
+    let startup = StartupSync {
+        deadline: tokio::time::Instant::now() + secs(config.inventory_sync_timeout_seconds),
+        docker: config.docker_socket.as_ref().map(|_| readiness.handle("Docker containers listed")),
+        vms: Some(readiness.handle("VM sockets scanned")),
+    };
     let token = match &config.api_token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -347,10 +410,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         reported: BTreeSet::new(),
         docker: docker.clone(),
         qemu: qemu.clone(),
+        startup: Some(startup),
+        late: Vec::new(),
     };
     let snapshot = folder::load(&config.checks_dir)?;
     reconciler.apply(snapshot);
-    store.finish_restore();
     let (checks, instances) = store.sizes();
     info!(checks, instances, dir = %config.checks_dir.display(), "checks loaded");
 
@@ -358,7 +422,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         .await
         .map_err(|source| AgentError::Listen { addr: config.listen, source })?;
     info!(listen = %config.listen, "serving the HTTP API");
-    synced.release();
+    checks_loaded.release();
 
     let cancel = CancellationToken::new();
     let mut tasks: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
@@ -399,8 +463,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         let health = health.clone();
         tasks.spawn(async move {
             loop {
+                let startup_deadline = reconciler.startup.as_ref().map(|s| s.deadline);
                 tokio::select! {
                     () = cancel.cancelled() => break,
+                    () = async {
+                        match startup_deadline {
+                            Some(deadline) => tokio::time::sleep_until(deadline).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        reconciler.replan();
+                        reconciler.settle_startup(true);
+                    }
                     Some(Ok(())) = async {
                         match &mut inventory_changed {
                             Some(rx) => Some(rx.changed().await),

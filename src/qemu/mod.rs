@@ -144,6 +144,8 @@ pub struct QemuRuntime {
     index: Arc<RwLock<Index>>,
     services: Arc<RwLock<BTreeMap<PathBuf, Arc<Service>>>>,
     changed: Arc<tokio_watch::Sender<u64>>,
+    /// The sockets have been looked for at least once.
+    synced: Arc<std::sync::atomic::AtomicBool>,
     handle: Handle,
 }
 
@@ -161,8 +163,15 @@ impl QemuRuntime {
             index: Arc::default(),
             services: Arc::default(),
             changed: Arc::new(tokio_watch::channel(0).0),
+            synced: Arc::default(),
             handle: Handle::current(),
         }
+    }
+
+    /// Whether the sockets have been looked for since the agent started: every VM there is has
+    /// been found (its instance exists; QMP may still be connecting).
+    pub fn synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Index> {
@@ -275,6 +284,10 @@ impl QemuRuntime {
                 self.write().vms.insert(path.clone(), new_vm(&path));
                 self.bump();
                 tasks.insert(path.clone(), tokio::spawn(self.clone().follow_vm(path)));
+            }
+            if !self.synced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                info!(vms = tasks.len(), "VM sockets scanned");
+                self.bump();
             }
         }
         for task in tasks.into_values() {

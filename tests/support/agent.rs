@@ -28,8 +28,16 @@ pub fn free_port() -> u16 {
 }
 
 impl Agent {
-    /// Starts an agent on folders under `dir` (created when missing).
+    /// Starts an agent on folders under `dir` (created when missing) and waits until it is
+    /// ready.
     pub fn start(dir: &Path, extra: &[&str]) -> Agent {
+        let mut agent = Agent::start_unready(dir, extra);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts an agent without waiting for it to be ready.
+    pub fn start_unready(dir: &Path, extra: &[&str]) -> Agent {
         let checks = dir.join("checks");
         let state = dir.join("state");
         std::fs::create_dir_all(&checks).unwrap();
@@ -42,11 +50,16 @@ impl Agent {
             log: dir.join("agent.log"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
-        agent.spawn();
+        agent.spawn_process();
         agent
     }
 
     fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_ready();
+    }
+
+    fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         // Containers of the machine's Docker engine are not these tests' business unless a test
         // names a socket.
@@ -69,10 +82,10 @@ impl Agent {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        self.wait_ready();
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until `/readyz` answers 200 (20 s at most).
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200, _)) = self.try_get("/readyz") {
