@@ -35,4 +35,5 @@ pub mod probe;
 pub mod qemu;
 pub mod report;
 pub mod source;
+pub mod supervise;
 pub mod telemetry;

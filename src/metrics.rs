@@ -42,6 +42,10 @@ pub struct AgentMetrics {
     pub config_errors: IntGauge,
     /// Status writes (state folder or API server) by kind and result.
     pub status_writes: IntCounterVec,
+    /// Probes that panicked (recorded as unknown; the worker goes on), by probe kind.
+    pub probe_panics: IntCounterVec,
+    /// Long-lived followers (a VM's QMP connection) that died and were started again, by kind.
+    pub follower_restarts: IntCounterVec,
     /// Process figures, refreshed at each scrape.
     pub process: ProcessMetrics,
 }
@@ -86,6 +90,20 @@ impl AgentMetrics {
             ),
             &["kind", "result"],
         )?;
+        let probe_panics = IntCounterVec::new(
+            Opts::new(
+                "vigil_probe_panics_total",
+                "Probes that panicked: each is recorded as unknown (an internal error) and its worker goes on.",
+            ),
+            &["probe"],
+        )?;
+        let follower_restarts = IntCounterVec::new(
+            Opts::new(
+                "vigil_follower_restarts_total",
+                "Followers of a runtime object (a VM's QMP connection) that died and were started again.",
+            ),
+            &["kind"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("vigil_build_info", "Always 1; the labels say which vigil is running."),
             &["version"],
@@ -112,6 +130,8 @@ impl AgentMetrics {
         registry.register(Box::new(healthchecks.clone()))?;
         registry.register(Box::new(config_errors.clone()))?;
         registry.register(Box::new(status_writes.clone()))?;
+        registry.register(Box::new(probe_panics.clone()))?;
+        registry.register(Box::new(follower_restarts.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(process.cpu_seconds.clone()))?;
         registry.register(Box::new(process.resident_memory.clone()))?;
@@ -124,6 +144,8 @@ impl AgentMetrics {
             healthchecks,
             config_errors,
             status_writes,
+            probe_panics,
+            follower_restarts,
             process,
         })
     }

@@ -452,8 +452,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let mut vms_changed = qemu.subscribe();
     {
         let (q, c) = (qemu.clone(), cancel.clone());
+        let restarts = metrics.follower_restarts.with_label_values(&["vm"]);
         tasks.spawn(async move {
-            q.watch(c).await;
+            q.watch(c, restarts).await;
             ("VM watcher", Ok(()))
         });
     }

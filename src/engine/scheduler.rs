@@ -21,7 +21,7 @@ use super::remediation::{ActionRecord, Decision, Executors};
 use super::store::Store;
 use crate::metrics::AgentMetrics;
 use crate::model::{CheckDef, CheckKey};
-use crate::probe::{Outcome, ProbeSpec, Prober, Target};
+use crate::probe::{Outcome, ProbeSpec, Prober, Report, Target};
 
 /// Limits of the scheduler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,7 +318,22 @@ async fn run_worker(
             let started = Instant::now();
             shared.metrics.scheduler_lateness.observe(started.saturating_duration_since(due).as_secs_f64());
             // Boxed: an idle worker then holds a few hundred bytes, not the probe's state machine.
-            Box::pin(shared.prober.run(&check.probe, &target, timing.timeout, false)).await
+            let probe = Box::pin(shared.prober.run(&check.probe, &target, timing.timeout, false));
+            // A probe that panics is a bug of ours, not a verdict on the target: it is recorded
+            // as unknown and counted, and the worker goes on (as the kubelet's prober recovers).
+            match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(probe)).await {
+                Ok(report) => report,
+                Err(panic) => {
+                    shared.metrics.probe_panics.with_label_values(&[kind]).inc();
+                    let message = panic_message(panic.as_ref());
+                    warn!(check = %check.key, instance = %instance_id, "the probe panicked: {message}");
+                    Report {
+                        outcome: Outcome::unknown(format!("internal error: the probe panicked: {message}")),
+                        duration: started.elapsed(),
+                        steps: Vec::new(),
+                    }
+                }
+            }
         };
         counters[match report.outcome {
             Outcome::Healthy { .. } => 0,
@@ -386,6 +401,15 @@ async fn run_worker(
         };
         due = next_on_grid(due, period, Instant::now());
     }
+}
+
+/// What a panic said, when it said it with a string.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
 }
 
 fn record_action(

@@ -24,7 +24,7 @@ use tokio::io::WriteHalf;
 use tokio::net::UnixStream;
 use tokio::runtime::Handle;
 use tokio::sync::watch as tokio_watch;
-use tokio::task::JoinHandle;
+
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -32,6 +32,7 @@ use crate::api::{CheckStatus, InstanceKind, InstanceState};
 use crate::engine::remediation::{ActionError, ActionExecutor, ActionFuture, ActionRequest};
 use crate::inventory::{Claimed, Instance, Observation, instance_id};
 use crate::probe::{Outcome, OutcomeFuture, QmpSpec, Reason, VmRuntime};
+use crate::supervise::Followers;
 
 type Service = QapiService<QmpStreamTokio<WriteHalf<UnixStream>>>;
 
@@ -257,42 +258,41 @@ impl QemuRuntime {
 
     /// Finds VMs until `cancel`: looks at the globs every `rescan`, keeps one QMP connection per
     /// VM, forgets VMs whose socket went away.
-    pub async fn watch(self, cancel: CancellationToken) {
-        let mut tasks: BTreeMap<PathBuf, JoinHandle<()>> = BTreeMap::new();
+    /// A follower (one VM's QMP connection) that dies is started again with backoff and
+    /// counted in `restarts`.
+    pub async fn watch(self, cancel: CancellationToken, restarts: prometheus::IntCounter) {
+        let mut tasks: Followers<PathBuf> = Followers::new("VM follower", restarts);
         let mut tick = tokio::time::interval(self.config.rescan);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = tick.tick() => {}
             }
+            tasks.revive(tokio::time::Instant::now(), |path| self.clone().follow_vm(path.clone()));
             let found = find_sockets(&self.config.socket_globs);
             let gone: Vec<PathBuf> = tasks.keys().filter(|p| !found.contains(*p)).cloned().collect();
             for path in gone {
-                if let Some(task) = tasks.remove(&path) {
-                    task.abort();
-                }
+                tasks.stop(&path);
                 self.services.write().unwrap_or_else(|e| e.into_inner()).remove(&path);
                 self.write().vms.remove(&path);
                 info!(socket = %path.display(), "VM gone");
                 self.bump();
             }
             for path in found {
-                if tasks.contains_key(&path) {
+                if tasks.contains(&path) {
                     continue;
                 }
                 info!(socket = %path.display(), "VM found");
                 self.write().vms.insert(path.clone(), new_vm(&path));
                 self.bump();
-                tasks.insert(path.clone(), tokio::spawn(self.clone().follow_vm(path)));
+                tasks.start(path.clone(), self.clone().follow_vm(path));
             }
             if !self.synced.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 info!(vms = tasks.len(), "VM sockets scanned");
                 self.bump();
             }
         }
-        for task in tasks.into_values() {
-            task.abort();
-        }
+        tasks.stop_all();
     }
 
     fn update(&self, socket: &Path, f: impl FnOnce(&mut Vm)) {
