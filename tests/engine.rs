@@ -63,9 +63,14 @@ async fn a_probe_that_panics_is_unknown_counted_and_probed_again() {
     let store = Arc::new(Store::new("n1", "default", Arc::new(SystemClock), metrics.clone()));
     let runtime = Arc::new(PanickingRuntime::default());
     let prober = Prober::new().with_containers(runtime.clone());
-    let mut scheduler =
-        Scheduler::new(store.clone(), prober, Executors::default(), SchedulerConfig::default(), metrics.clone())
-            .unwrap();
+    let mut scheduler = Scheduler::new(
+        store.clone(),
+        prober,
+        Executors::default(),
+        SchedulerConfig::default(),
+        metrics.clone(),
+    )
+    .unwrap();
     let yaml = "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata: {name: web, namespace: default, generation: 1}\nspec:\n  target: {containers: {names: [c1]}}\n  probe: {docker: {}, periodSeconds: 1}\n  action: {type: restartContainer}\n";
     let check: HealthCheck = serde_saphyr::from_str(yaml).unwrap();
     let check = Arc::new(vigil::model::validate(&check).unwrap());
@@ -94,7 +99,10 @@ async fn a_probe_that_panics_is_unknown_counted_and_probed_again() {
     let entry = &status["checks"][0];
     assert_eq!(entry["status"], "insufficient-data", "{status}");
     assert!(
-        entry["message"].as_str().unwrap().contains("internal error: the probe panicked: index out of bounds"),
+        entry["message"]
+            .as_str()
+            .unwrap()
+            .contains("internal error: the probe panicked: index out of bounds"),
         "{entry}"
     );
     assert!(entry["consecutiveErrors"].as_u64().unwrap() >= 2, "{entry}");

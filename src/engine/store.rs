@@ -2,8 +2,10 @@
 //! the host's own observations and the HealthChecks known. Workers record into it; the HTTP API
 //! and the reporters read from it.
 //!
-//! Changes are tracked as dirty sets, so reporters write only what changed. A probe that agrees
-//! with the last one changes counters and times only, which reporters may defer.
+//! Changes go into a feed ([`super::feed`]) that any number of reporters read, each from its own
+//! position, so each writes only what changed. A probe that agrees with the last one changes
+//! counters and times only (a touch), which reporters may defer. Transitions and actions are
+//! also published as [`EngineEvent`]s.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,15 +13,17 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, watch};
 
+use super::aggregate::{self, CheckFacts, RemediationGate, TargetResult};
 use super::clock::Clock;
+use super::feed::{Cursor, EVENT_CAPACITY, EngineEvent, Feed, FeedKey};
 use super::remediation::{self, ActionRecord, ActionRequest, Decision, HISTORY_LIMIT};
 use super::state::{CheckState, LastOutcome, Thresholds, Transition};
 use crate::api::{
-    self, CheckResult, CheckStatus, HealthCheck, HealthCheckSpec, HealthCheckStatus, InstanceKind,
-    InstanceRef, InstanceState, InstanceStatus, InstanceStatusSpec, InstanceStatusStatus, RestartRecord,
-    Restarts, StatusDetail, StatusSummary, UnhealthyInstance, conditions, reasons,
+    self, CheckResult, CheckStatus, HealthCheck, HealthCheckSpec, InstanceKind, InstanceRef, InstanceState,
+    InstanceStatus, InstanceStatusSpec, InstanceStatusStatus, RestartRecord, Restarts, StatusDetail,
+    StatusSummary,
 };
 use crate::inventory::Instance;
 use crate::inventory::host::{HostHealth, Observation};
@@ -28,9 +32,6 @@ use crate::metrics::{
 };
 use crate::model::{CheckDef, CheckKey};
 use crate::probe::{Outcome, Reason, Report};
-
-/// Impaired instances listed in a HealthCheck's status.
-pub const UNHEALTHY_LIST_LIMIT: usize = 20;
 
 /// One HealthCheck as the sources know it.
 #[derive(Clone, Debug)]
@@ -86,7 +87,7 @@ impl Recorded {
     }
 }
 
-/// What changed since the last [`Store::take_dirty`].
+/// What changed since a reader last asked ([`Store::changes`]).
 #[derive(Debug, Default)]
 pub struct Dirty {
     /// Instances to write; `None` means removed.
@@ -192,8 +193,8 @@ impl IntoIterator for Slots {
 #[derive(Debug)]
 struct InstanceEntry {
     instance: Instance,
-    /// Counters or messages changed, but nothing a reader must see at once.
-    touched: bool,
+    /// The touch number of its last counters-only change (see [`Feed::touch`]).
+    touched_at: u64,
     /// Whether the System, Instance and Attached-volume checks are impaired (for scrapes).
     failed: [bool; 3],
     first_seen: Timestamp,
@@ -227,17 +228,38 @@ struct Inner {
     host_system: Vec<Detail>,
     host_volumes: Vec<Detail>,
     restored: HashMap<String, InstanceStatus>,
-    dirty_instances: BTreeSet<String>,
-    removed_instances: BTreeSet<String>,
-    dirty_checks: BTreeSet<CheckKey>,
-    removed_checks: BTreeSet<CheckKey>,
+    feed: Feed,
+}
+
+impl Inner {
+    fn changed_instance(&mut self, id: &str) {
+        self.feed.mark(FeedKey::Instance(id.to_owned()), false);
+    }
+
+    fn removed_instance(&mut self, id: &str) {
+        self.feed.mark(FeedKey::Instance(id.to_owned()), true);
+    }
+
+    fn changed_check(&mut self, key: &CheckKey) {
+        self.feed.mark(FeedKey::Check(key.clone()), false);
+    }
+
+    fn touched_instance(&mut self, id: &str) {
+        let t = self.feed.touch();
+        if let Some(e) = self.instances.get_mut(id) {
+            e.touched_at = t;
+        }
+    }
 }
 
 /// The agent's shared view. See the module documentation.
 #[derive(Debug)]
 pub struct Store {
     inner: Mutex<Inner>,
-    changed: Notify,
+    changed: watch::Sender<()>,
+    events: broadcast::Sender<EngineEvent>,
+    /// Whether a check may act, given the counts (`maxUnhealthy`).
+    gate: Arc<dyn RemediationGate>,
     clock: Arc<dyn Clock>,
     metrics: AgentMetrics,
     node: String,
@@ -257,12 +279,21 @@ impl Store {
     pub fn new(node: &str, namespace: &str, clock: Arc<dyn Clock>, metrics: AgentMetrics) -> Store {
         Store {
             inner: Mutex::new(Inner::default()),
-            changed: Notify::new(),
+            changed: watch::channel(()).0,
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            gate: Arc::new(aggregate::LocalCounts),
             clock,
             metrics,
             node: node.to_owned(),
             namespace: namespace.to_owned(),
         }
+    }
+
+    /// This store, with `gate` deciding whether remediation is allowed (standalone: the
+    /// agent's own counts; in a cluster: the controller's verdict over the fleet).
+    pub fn with_gate(mut self, gate: Arc<dyn RemediationGate>) -> Store {
+        self.gate = gate;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -281,9 +312,28 @@ impl Store {
         self.clock.now()
     }
 
-    /// Resolves when something changed since the last call to [`Store::take_dirty`].
-    pub async fn changed(&self) {
-        self.changed.notified().await;
+    /// A new reader of the change feed, positioned before everything the store holds: its first
+    /// [`Store::changes`] brings every instance and HealthCheck.
+    pub fn subscribe(&self) -> Cursor {
+        let mut inner = self.lock();
+        let position = inner.feed.register();
+        Cursor {
+            seen: 0,
+            touched_seen: inner.feed.touches(),
+            pending_touched: Vec::new(),
+            position,
+            notify: self.changed.subscribe(),
+        }
+    }
+
+    /// Transitions and actions from now on.
+    pub fn events(&self) -> broadcast::Receiver<EngineEvent> {
+        self.events.subscribe()
+    }
+
+    /// Tells the readers that something that matters changed.
+    fn publish(&self) {
+        self.changed.send_replace(());
     }
 
     /// Loads state written by an earlier run. Restored instances take their restart history and
@@ -304,11 +354,11 @@ impl Store {
         let gone: Vec<String> = inner.restored.drain().map(|(id, _)| id).collect();
         for id in gone {
             if !inner.instances.contains_key(&id) {
-                inner.removed_instances.insert(id);
+                inner.removed_instance(&id);
             }
         }
         drop(inner);
-        self.changed.notify_one();
+        self.publish();
     }
 
     /// Replaces the set of known HealthChecks.
@@ -318,8 +368,7 @@ impl Store {
         let removed: Vec<CheckKey> = inner.checks.keys().filter(|k| !keep.contains(*k)).cloned().collect();
         for key in removed {
             inner.checks.remove(&key);
-            inner.dirty_checks.remove(&key);
-            inner.removed_checks.insert(key);
+            inner.feed.mark(FeedKey::Check(key), true);
         }
         let (mut valid, mut invalid) = (0, 0);
         for info in checks {
@@ -329,7 +378,6 @@ impl Store {
                 valid += 1;
             }
             let key = info.key.clone();
-            inner.removed_checks.remove(&key);
             match inner.checks.get_mut(&key) {
                 Some(entry) => {
                     let changed = entry.info.generation != info.generation
@@ -337,7 +385,7 @@ impl Store {
                         || entry.info.spec != info.spec;
                     entry.info = info;
                     if changed {
-                        inner.dirty_checks.insert(key);
+                        inner.changed_check(&key);
                     }
                 }
                 None => {
@@ -352,25 +400,25 @@ impl Store {
                             blocked: None,
                         },
                     );
-                    inner.dirty_checks.insert(key);
+                    inner.changed_check(&key);
                 }
             }
         }
         self.metrics.healthchecks.with_label_values(&["valid"]).set(valid);
         self.metrics.healthchecks.with_label_values(&["invalid"]).set(invalid);
         drop(inner);
-        self.changed.notify_one();
+        self.publish();
     }
 
     /// Sets the planner's notes (why a check has no targets here).
     pub fn set_notes(&self, notes: &BTreeMap<CheckKey, String>) {
         let mut inner = self.lock();
-        let Inner { checks, dirty_checks, .. } = &mut *inner;
+        let Inner { checks, feed, .. } = &mut *inner;
         for (key, entry) in checks.iter_mut() {
             let note = notes.get(key).cloned();
             if entry.note != note {
                 entry.note = note;
-                dirty_checks.insert(key.clone());
+                feed.mark(FeedKey::Check(key.clone()), false);
             }
         }
     }
@@ -389,24 +437,22 @@ impl Store {
                     self.drop_slot(&mut inner, &key, slot);
                 }
             }
-            inner.dirty_instances.remove(&id);
-            inner.removed_instances.insert(id);
+            inner.removed_instance(&id);
         }
         for instance in instances {
             let id = instance.id.clone();
-            inner.removed_instances.remove(&id);
             if let Some(entry) = inner.instances.get_mut(&id) {
                 if entry.instance != instance {
                     entry.own_system = merge_details(&entry.own_system, instance.system.clone(), now);
                     entry.own_volumes = merge_details(&entry.own_volumes, instance.volumes.clone(), now);
                     entry.instance = instance;
-                    inner.dirty_instances.insert(id.clone());
+                    inner.changed_instance(&id);
                     self.update_status_metrics(&mut inner, &id);
                 }
                 continue;
             }
             let mut entry = InstanceEntry {
-                touched: false,
+                touched_at: 0,
                 failed: [false; 3],
                 first_seen: now,
                 checks: Slots::default(),
@@ -422,11 +468,11 @@ impl Store {
                 restore_entry(&mut entry, doc);
             }
             inner.instances.insert(id.clone(), entry);
-            inner.dirty_instances.insert(id.clone());
+            inner.changed_instance(&id);
             self.update_status_metrics(&mut inner, &id);
         }
         drop(inner);
-        self.changed.notify_one();
+        self.publish();
     }
 
     /// Starts tracking `check` on an instance. A state restored from disk is taken back.
@@ -451,8 +497,8 @@ impl Store {
                     move_count(&mut inner, &check.key, from, to);
                 }
             }
-            inner.dirty_instances.insert(instance_id.to_owned());
-            inner.dirty_checks.insert(check.key.clone());
+            inner.changed_instance(instance_id);
+            inner.changed_check(&check.key);
             return;
         }
         let mut state = entry
@@ -486,12 +532,12 @@ impl Store {
             c.counts[index(status)] += 1;
         }
         refresh_block(&mut inner, &check.key);
-        inner.dirty_instances.insert(instance_id.to_owned());
-        inner.dirty_checks.insert(check.key.clone());
+        inner.changed_instance(instance_id);
+        inner.changed_check(&check.key);
         self.update_status_metrics(&mut inner, instance_id);
         self.metrics.managed_checks.inc();
         drop(inner);
-        self.changed.notify_one();
+        self.publish();
     }
 
     /// Stops tracking `check` on an instance; its metric series go.
@@ -501,10 +547,10 @@ impl Store {
             return;
         };
         self.drop_slot(&mut inner, check, slot);
-        inner.dirty_instances.insert(instance_id.to_owned());
+        inner.changed_instance(instance_id);
         self.update_status_metrics(&mut inner, instance_id);
         drop(inner);
-        self.changed.notify_one();
+        self.publish();
     }
 
     fn drop_slot(&self, inner: &mut Inner, check: &CheckKey, slot: Slot) {
@@ -512,7 +558,7 @@ impl Store {
         if let Some(c) = inner.checks.get_mut(check) {
             let i = index(slot.state.status);
             c.counts[i] = c.counts[i].saturating_sub(1);
-            inner.dirty_checks.insert(check.clone());
+            inner.changed_check(check);
         }
         refresh_block(inner, check);
     }
@@ -562,19 +608,26 @@ impl Store {
         if let Some(c) = inner.checks.get_mut(&check.key) {
             c.durations.observe(report.duration.as_secs_f64());
         }
+        let event = transition.map(|tr| EngineEvent::Transition {
+            check: check.key.clone(),
+            instance_id: instance_id.to_owned(),
+            from: tr.from,
+            to: tr.to,
+            reason: report.outcome.reason().map(Reason::as_str),
+            message: Some(report.outcome.message().to_owned()),
+            at: now,
+        });
         if significant {
-            if !inner.dirty_instances.contains(instance_id) {
-                inner.dirty_instances.insert(instance_id.to_owned());
-            }
-        } else if let Some(e) = inner.instances.get_mut(instance_id) {
-            e.touched = true;
+            inner.changed_instance(instance_id);
+        } else {
+            inner.touched_instance(instance_id);
         }
         let mut blocked_change = None;
         if let Some(tr) = transition {
             move_count(inner, &check.key, tr.from, tr.to);
             self.update_status_metrics(inner, instance_id);
             blocked_change = refresh_block(inner, &check.key);
-            inner.dirty_checks.insert(check.key.clone());
+            inner.changed_check(&check.key);
         }
 
         let mut action = None;
@@ -586,7 +639,7 @@ impl Store {
                 .map(|c| (c.counts[index(CheckStatus::Impaired)], c.counts.iter().sum()))
                 .unwrap_or((1, 1));
             let decision =
-                remediation::mass_failure(def.max_unhealthy, unhealthy, total).unwrap_or_else(|| {
+                self.gate.blocked(&check.key, def.max_unhealthy, unhealthy, total).unwrap_or_else(|| {
                     let history: Vec<&ActionRecord> = inner
                         .instances
                         .get(instance_id)
@@ -614,7 +667,11 @@ impl Store {
         }
         drop(guard);
         if significant {
-            self.changed.notify_one();
+            self.publish();
+        }
+        if let Some(event) = event {
+            // No receiver is fine: nobody tells people about it in this mode.
+            let _ = self.events.send(event);
         }
         Recorded { transition, status, wants_fast, action, decision: verdict, blocked: blocked_change }
     }
@@ -634,13 +691,22 @@ impl Store {
         }
         entry.acting = false;
         entry.restart_count = entry.restart_count.saturating_add(1);
+        let event = EngineEvent::Action {
+            check: check.clone(),
+            instance_id: instance_id.to_owned(),
+            action: record.action.clone(),
+            succeeded: record.succeeded,
+            message: record.message.clone(),
+            at: record.at,
+        };
         entry.history.push_back(record);
         while entry.history.len() > HISTORY_LIMIT {
             entry.history.pop_front();
         }
-        inner.dirty_instances.insert(instance_id.to_owned());
+        inner.changed_instance(instance_id);
         drop(inner);
-        self.changed.notify_one();
+        self.publish();
+        let _ = self.events.send(event);
     }
 
     /// Sets the host's own observations (System and Attached volumes of the host, and the
@@ -662,62 +728,63 @@ impl Store {
             .collect();
         for id in affected {
             if significant {
-                inner.dirty_instances.insert(id.clone());
-            } else if let Some(e) = inner.instances.get_mut(&id) {
-                e.touched = true;
+                inner.changed_instance(&id);
+            } else {
+                inner.touched_instance(&id);
             }
             self.update_status_metrics(&mut inner, &id);
         }
         drop(inner);
         if significant {
-            self.changed.notify_one();
+            self.publish();
         }
     }
 
-    /// Takes up to `limit` of the changes since the last call, rendered; call again until it
-    /// returns nothing. With `touched`, instances whose counters or messages changed are
-    /// included too (the periodic refresh). Taking changes in bounded batches keeps the memory a
-    /// burst of changes needs bounded too.
-    pub fn take_dirty(&self, touched: bool, limit: usize) -> Dirty {
+    /// Takes up to `limit` of the changes after `cursor`'s position, rendered, and moves the
+    /// cursor past them; call again until it returns nothing. Removed instances and
+    /// HealthChecks come as `None`. With `touched`, instances whose counters or messages changed
+    /// since this reader's last touched round come too (the periodic refresh). Taking changes in
+    /// bounded batches keeps the memory a burst of changes needs bounded too. Readers do not
+    /// take from each other: each sees every change once, at its latest.
+    pub fn changes(&self, cursor: &mut Cursor, touched: bool, limit: usize) -> Dirty {
         let now = self.clock.now();
         let mut guard = self.lock();
         let inner = &mut *guard;
-        if touched {
-            let Inner { instances, dirty_instances, .. } = &mut *inner;
-            for (id, e) in instances.iter_mut().filter(|(_, e)| e.touched) {
-                e.touched = false;
-                dirty_instances.insert(id.clone());
-            }
+        if touched && cursor.pending_touched.is_empty() {
+            let since = cursor.touched_seen;
+            cursor.pending_touched = inner
+                .instances
+                .iter()
+                .filter(|(_, e)| e.touched_at > since)
+                .map(|(id, _)| id.clone())
+                .collect();
+            cursor.touched_seen = inner.feed.touches();
         }
         let mut dirty = Dirty::default();
         let mut budget = limit.max(1);
-        while budget > 0 {
-            let Some(id) = inner.dirty_instances.pop_first() else { break };
-            if let Some(e) = inner.instances.get_mut(&id) {
-                e.touched = false;
+        for (revision, key) in inner.feed.after(cursor.seen, budget) {
+            cursor.seen = revision;
+            budget -= 1;
+            match key {
+                FeedKey::Instance(id) => {
+                    let doc = self.render_instance(inner, &id);
+                    dirty.instances.push((id, doc));
+                }
+                FeedKey::Check(key) => {
+                    let doc = self.render_check(inner, &key, now);
+                    dirty.checks.push((key, doc));
+                }
             }
+        }
+        while budget > 0 {
+            let Some(id) = cursor.pending_touched.pop() else { break };
             if let Some(doc) = self.render_instance(inner, &id) {
                 dirty.instances.push((id, Some(doc)));
                 budget -= 1;
             }
         }
-        while budget > 0 {
-            let Some(id) = inner.removed_instances.pop_first() else { break };
-            dirty.instances.push((id, None));
-            budget -= 1;
-        }
-        while budget > 0 {
-            let Some(key) = inner.dirty_checks.pop_first() else { break };
-            if let Some(doc) = self.render_check(inner, &key, now) {
-                dirty.checks.push((key, Some(doc)));
-                budget -= 1;
-            }
-        }
-        while budget > 0 {
-            let Some(key) = inner.removed_checks.pop_first() else { break };
-            dirty.checks.push((key, None));
-            budget -= 1;
-        }
+        cursor.position.store(cursor.seen, std::sync::atomic::Ordering::SeqCst);
+        inner.feed.prune();
         dirty
     }
 
@@ -862,141 +929,35 @@ impl Store {
     }
 
     fn render_check(&self, inner: &mut Inner, key: &CheckKey, now: Timestamp) -> Option<HealthCheck> {
-        // The first impaired instances by id, so that the list is stable from one render to
-        // the next.
-        let mut impaired: Vec<(&String, &InstanceEntry, &Slot)> = inner
-            .instances
-            .iter()
-            .filter_map(|(id, e)| e.checks.get(key).map(|slot| (id, e, slot)))
-            .filter(|(_, _, slot)| slot.state.status == CheckStatus::Impaired)
-            .collect();
-        impaired.sort_by(|a, b| a.0.cmp(b.0));
-        let mut unhealthy_list = Vec::new();
-        for (_, e, slot) in impaired.into_iter().take(UNHEALTHY_LIST_LIMIT) {
-            {
-                unhealthy_list.push(UnhealthyInstance {
-                    id: e.instance.id.clone(),
-                    kind: e.instance.kind,
-                    node: Some(e.instance.node.clone()),
-                    status: CheckStatus::Impaired,
-                    since: slot.state.impaired_since.map(time),
-                    message: slot.state.message.clone(),
-                });
-            }
-        }
-        let entry = inner.checks.get_mut(key)?;
-        let info = &entry.info;
-        let counts = entry.counts;
-        let targets: u32 = counts.iter().sum();
-        let healthy = counts[index(CheckStatus::Ok)];
-        let unhealthy = counts[index(CheckStatus::Impaired)];
-        let insufficient = counts[index(CheckStatus::InsufficientData)];
-        let generation = info.generation;
-        let running = info.def.as_ref();
-        let suspended = running.is_some_and(|d| d.suspend);
-
-        let mut wanted: Vec<(&str, &str, String, String)> = Vec::new();
-        match (&info.invalid, running) {
-            (Some(errors), Some(def)) => wanted.push((
-                conditions::INVALID,
-                "True",
-                reasons::INVALID_SPEC.into(),
-                format!("{errors}; still running the last valid spec (generation {})", def.generation),
-            )),
-            (Some(errors), None) => wanted.push((
-                conditions::INVALID,
-                "True",
-                reasons::INVALID_SPEC.into(),
-                format!("{errors}; not running"),
-            )),
-            (None, _) => wanted.push((
-                conditions::INVALID,
-                "False",
-                reasons::VALID_SPEC.into(),
-                "the spec is valid".into(),
-            )),
-        }
-        let ready = if running.is_none() {
-            ("False", reasons::INVALID_SPEC, "the spec is invalid; nothing is probed".to_owned())
-        } else if suspended {
-            (
-                "False",
-                reasons::SUSPENDED,
-                "spec.suspend is set; probing and remediation are paused".to_owned(),
-            )
-        } else if targets == 0 {
-            let why = entry.note.clone().unwrap_or_else(|| "no target matches on this node".to_owned());
-            ("False", reasons::NO_TARGETS, why)
-        } else {
-            ("True", reasons::PROBING, format!("probing {targets} targets"))
-        };
-        wanted.push((conditions::READY, ready.0, ready.1.into(), ready.2));
-        let degraded = if unhealthy > 0 {
-            let names: Vec<&str> = unhealthy_list.iter().map(|u| u.id.as_str()).take(5).collect();
-            (
-                "True",
-                reasons::TARGETS_IMPAIRED,
-                format!("{unhealthy} of {targets} targets impaired: {}", names.join(", ")),
-            )
-        } else if insufficient > 0 {
-            (
-                "True",
-                reasons::INSUFFICIENT_DATA,
-                format!("{insufficient} of {targets} targets cannot be probed"),
-            )
-        } else if counts[index(CheckStatus::Initializing)] > 0 {
-            ("Unknown", reasons::INITIALIZING, "waiting for the first probes".to_owned())
-        } else {
-            ("False", reasons::ALL_OK, format!("{healthy} of {targets} targets ok"))
-        };
-        wanted.push((conditions::DEGRADED, degraded.0, degraded.1.into(), degraded.2));
-
-        let previous = std::mem::take(&mut entry.conditions);
-        let conditions: Vec<Condition> = wanted
-            .into_iter()
-            .map(|(type_, status, reason, message)| {
-                let since = previous
-                    .iter()
-                    .find(|c| c.type_ == type_ && c.status == status)
-                    .map(|c| c.last_transition_time.clone())
-                    .unwrap_or_else(|| time(now));
-                Condition {
-                    type_: type_.to_owned(),
-                    status: status.to_owned(),
-                    reason,
-                    message,
-                    observed_generation: Some(generation),
-                    last_transition_time: since,
-                }
+        let Inner { instances, checks, .. } = inner;
+        let entry = checks.get_mut(key)?;
+        let targets = instances.values().filter_map(|e| {
+            e.checks.get(key).map(|slot| TargetResult {
+                id: &e.instance.id,
+                kind: e.instance.kind,
+                node: &e.instance.node,
+                status: slot.state.status,
+                impaired_since: slot.state.impaired_since,
+                message: slot.state.message.as_deref(),
             })
-            .collect();
-        entry.conditions = conditions.clone();
-
-        let remediation_allowed =
-            running.and_then(|d| d.action.as_ref()).map(|_| entry.blocked.is_none() && !suspended);
-        let (target_kind, probe_kind) = match running {
-            Some(def) => (Some(def.target.kind().to_owned()), Some(def.probe.kind().to_owned())),
-            None => (None, None),
+        });
+        let info = &entry.info;
+        let facts = CheckFacts {
+            generation: info.generation,
+            invalid: info.invalid.as_deref(),
+            running: info.def.as_deref(),
+            note: entry.note.as_deref(),
         };
+        let status = aggregate::health_check_status(&facts, targets, &entry.conditions, now);
+        entry.conditions = status.conditions.clone();
         let mut doc = HealthCheck::new(&key.name, info.spec.clone());
         doc.metadata = ObjectMeta {
             name: Some(key.name.clone()),
             namespace: Some(key.namespace.clone()),
-            generation: Some(generation),
+            generation: Some(info.generation),
             ..ObjectMeta::default()
         };
-        doc.status = Some(HealthCheckStatus {
-            observed_generation: Some(generation),
-            conditions,
-            target_kind,
-            probe_kind,
-            targets,
-            healthy,
-            unhealthy,
-            unknown: targets - healthy - unhealthy,
-            unhealthy_instances: unhealthy_list,
-            remediation_allowed,
-        });
+        doc.status = Some(status);
         Some(doc)
     }
 }
@@ -1073,7 +1034,7 @@ fn refresh_block(inner: &mut Inner, key: &CheckKey) -> Option<String> {
     let change =
         blocked.clone().unwrap_or_else(|| format!("{unhealthy} targets impaired: remediation allowed again"));
     entry.blocked = blocked;
-    inner.dirty_checks.insert(key.clone());
+    inner.changed_check(key);
     Some(change)
 }
 
@@ -1296,6 +1257,73 @@ mod tests {
         assert!(r.action.is_none());
         clock.advance(5);
         assert!(store.record(&check, &ids[0], &fail()).action.is_some(), "the backoff is over");
+    }
+
+    /// What a reader took, as (kind, id, present) in order.
+    fn taken(store: &Store, cursor: &mut Cursor, touched: bool) -> Vec<(String, bool)> {
+        let mut all = Vec::new();
+        loop {
+            let dirty = store.changes(cursor, touched && all.is_empty(), 2);
+            if dirty.is_empty() {
+                return all;
+            }
+            all.extend(dirty.instances.into_iter().map(|(id, doc)| (id, doc.is_some())));
+            all.extend(dirty.checks.into_iter().map(|(key, doc)| (format!("hc {key}"), doc.is_some())));
+        }
+    }
+
+    #[test]
+    fn two_readers_each_see_every_change_exactly_once() {
+        let (store, _) = store();
+        let check = def(ACTION);
+        let mut a = store.subscribe();
+        let mut b = store.subscribe();
+        let mut events = store.events();
+        let ids = setup(&store, &check);
+        let mut first: Vec<(String, bool)> = ids.iter().map(|id| (id.clone(), true)).collect();
+        first.push(("hc default/web".to_owned(), true));
+        let sorted = |mut v: Vec<(String, bool)>| {
+            v.sort();
+            v
+        };
+        // A takes everything (in batches of two); B has taken nothing yet.
+        assert_eq!(sorted(taken(&store, &mut a, false)), sorted(first.clone()));
+        assert_eq!(taken(&store, &mut a, false), [], "once");
+        // A transition on one instance, and one instance gone.
+        store.record(&check, &ids[0], &fail());
+        store.record(&check, &ids[0], &fail());
+        store.sync_instances(vec![
+            Instance::endpoint("n1", "10.0.0.1:80"),
+            Instance::endpoint("n1", "10.0.0.2:80"),
+        ]);
+        let second =
+            vec![(ids[0].clone(), true), (ids[2].clone(), false), ("hc default/web".to_owned(), true)];
+        assert_eq!(sorted(taken(&store, &mut a, false)), sorted(second.clone()));
+        assert_eq!(taken(&store, &mut a, false), []);
+        // B, reading late, sees each key once at its latest: the removed one as removed.
+        let mut late = first.clone();
+        late.retain(|(id, _)| id != &ids[2]);
+        late.push((ids[2].clone(), false));
+        assert_eq!(sorted(taken(&store, &mut b, false)), sorted(late));
+        assert_eq!(taken(&store, &mut b, false), []);
+        // The first probe of ids[1] is a transition (initializing → ok) that both take; one that
+        // agrees with it is a touch, which only a refreshing reader takes.
+        let ok = || report(Outcome::healthy("connected"));
+        store.record(&check, &ids[1], &ok());
+        let third = vec![(ids[1].clone(), true), ("hc default/web".to_owned(), true)];
+        assert_eq!(sorted(taken(&store, &mut a, false)), third);
+        assert_eq!(sorted(taken(&store, &mut b, false)), third);
+        store.record(&check, &ids[1], &ok());
+        assert_eq!(taken(&store, &mut a, false), []);
+        assert_eq!(taken(&store, &mut a, true), [(ids[1].clone(), true)]);
+        assert_eq!(taken(&store, &mut a, true), [], "a touch is taken once too");
+        assert_eq!(taken(&store, &mut b, true), [(ids[1].clone(), true)]);
+        // The transition was published once to every events reader, in order.
+        let tr = events.try_recv().unwrap();
+        assert!(
+            matches!(&tr, EngineEvent::Transition { instance_id, to: CheckStatus::Impaired, reason: Some("refused"), .. } if *instance_id == ids[0]),
+            "{tr:?}"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::api::{HealthCheck, InstanceStatus};
+use crate::engine::feed::Cursor;
 use crate::engine::store::{Dirty, Store};
 use crate::health::Health;
 use crate::metrics::AgentMetrics;
@@ -203,6 +204,8 @@ struct Pending {
 pub struct Reporter {
     dir: StateDir,
     store: Arc<Store>,
+    /// This reporter's position in the store's change feed.
+    cursor: Cursor,
     health: Arc<Health>,
     metrics: AgentMetrics,
     refresh: Duration,
@@ -221,7 +224,17 @@ impl Reporter {
         metrics: AgentMetrics,
         refresh: Duration,
     ) -> Reporter {
-        Reporter { dir, store, health, metrics, refresh, written: HashMap::new(), retry: HashMap::new() }
+        let cursor = store.subscribe();
+        Reporter {
+            dir,
+            store,
+            cursor,
+            health,
+            metrics,
+            refresh,
+            written: HashMap::new(),
+            retry: HashMap::new(),
+        }
     }
 
     /// Writes changes as they come until `stop` resolves, then writes everything once more.
@@ -230,7 +243,7 @@ impl Reporter {
         let mut refresh = tokio::time::interval_at(Instant::now() + self.refresh, self.refresh);
         loop {
             let touched = tokio::select! {
-                () = self.store.changed() => false,
+                () = self.cursor.changed() => false,
                 _ = refresh.tick() => true,
                 () = &mut stop => {
                     self.flush(true).await;
@@ -249,7 +262,7 @@ impl Reporter {
         let mut retry = std::mem::take(&mut self.retry);
         let mut touched = touched;
         loop {
-            let dirty = self.store.take_dirty(touched, BATCH);
+            let dirty = self.store.changes(&mut self.cursor, touched, BATCH);
             touched = false;
             if dirty.is_empty() && retry.is_empty() {
                 break;
@@ -293,7 +306,15 @@ impl Reporter {
         }
         let dir = self.dir.clone();
         let ops: Vec<Op> = batch.values().map(|p| p.op.clone()).collect();
-        let failures = tokio::task::spawn_blocking(move || dir.apply(&ops)).await.unwrap_or_default();
+        let files: Vec<String> = batch.keys().cloned().collect();
+        let failures = match tokio::task::spawn_blocking(move || dir.apply(&ops)).await {
+            Ok(failures) => failures,
+            // The batch's task died (a panic): nothing in it counts as written.
+            Err(e) => files
+                .into_iter()
+                .map(|f| (f, io::Error::other(format!("the write task ended: {e}"))))
+                .collect(),
+        };
         for (file, p) in batch {
             let kind = if file.starts_with(INSTANCES) { "instance" } else { "healthcheck" };
             if failures.iter().any(|(f, _)| *f == file) {

@@ -254,9 +254,14 @@ async fn config_from(kubeconfig: &Path) -> Result<kube::Config, Error> {
         source,
     };
     let file = Kubeconfig::read_from(kubeconfig).map_err(|e| config_error(Box::new(e)))?;
-    kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+    let mut config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
         .await
-        .map_err(|e| config_error(Box::new(e)))
+        .map_err(|e| config_error(Box::new(e)))?;
+    // kube retries 429, 503 and 504 by default (up to 15 times, honouring Retry-After): a test
+    // must see what the server answered. An eviction refused by a PodDisruptionBudget (429)
+    // otherwise comes back minutes later as a success or a timeout.
+    config.default_retry = false;
+    Ok(config)
 }
 
 /// Requests the API server counted, by (verb, resource) in the stand-in's terms: verbs `get`,
