@@ -32,6 +32,23 @@ fn instance_id(name: &str) -> String {
     format!("container-{name}")
 }
 
+/// A container labelled `vigil.case=<case>` that is healthy while its /tmp/ok exists (checked
+/// every second); the file survives restarts, so once removed it stays unhealthy.
+fn file_health_container(socket: &str, name: &str, case: &str) -> TestContainer {
+    let label = format!("vigil.case={case}");
+    let options = [
+        "--label",
+        &label,
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "1",
+    ];
+    TestContainer::run(socket, name, &options, "exec sleep 3600")
+}
+
 fn restarts(instance: &Value) -> u64 {
     instance["status"]["restarts"]["count"].as_u64().unwrap_or(0)
 }
@@ -40,23 +57,7 @@ fn restarts(instance: &Value) -> u64 {
 fn healthcheck_drives_status_and_restarts_back_off_and_stop_at_max_restarts() {
     let socket = engine();
     let name = format!("vigil-t-restart-{}", std::process::id());
-    // Healthy while /tmp/ok exists; the file survives restarts, so once removed the container
-    // stays unhealthy whatever is done to it.
-    let c = TestContainer::run(
-        socket,
-        &name,
-        &[
-            "--label",
-            "vigil.case=restart",
-            "--health-cmd",
-            "test -f /tmp/ok",
-            "--health-interval",
-            "1s",
-            "--health-retries",
-            "1",
-        ],
-        "exec sleep 3600",
-    );
+    let c = file_health_container(socket, &name, "restart");
     c.exec("touch /tmp/ok");
     let dir = tempfile::tempdir().unwrap();
     let agent = agent_on(dir.path(), socket, &[]);
@@ -111,22 +112,8 @@ fn healthcheck_drives_status_and_restarts_back_off_and_stop_at_max_restarts() {
 fn a_restarted_agent_keeps_the_restart_budget_and_impaired_since_of_a_container() {
     let socket = engine();
     let name = format!("vigil-t-restore-{}", std::process::id());
-    // Unhealthy for good: /tmp/ok never exists, and survives no restart anyway.
-    let c = TestContainer::run(
-        socket,
-        &name,
-        &[
-            "--label",
-            "vigil.case=restore",
-            "--health-cmd",
-            "test -f /tmp/ok",
-            "--health-interval",
-            "1s",
-            "--health-retries",
-            "1",
-        ],
-        "exec sleep 3600",
-    );
+    // Unhealthy for good: /tmp/ok is never made.
+    let c = file_health_container(socket, &name, "restore");
     let dir = tempfile::tempdir().unwrap();
     let mut agent = agent_on(dir.path(), socket, &[]);
     agent.write_check(
