@@ -37,8 +37,7 @@ fn endpoint_id(address: &str) -> String {
 }
 
 fn state_doc(agent: &Agent, id: &str) -> Value {
-    let text = std::fs::read_to_string(agent.state.join("instances").join(format!("{id}.yaml"))).unwrap();
-    serde_saphyr::from_str(&text).unwrap()
+    agent.state_doc(id).unwrap()
 }
 
 fn healthchecks(agent: &Agent) -> Vec<Value> {

@@ -135,7 +135,9 @@ fn a_restarted_agent_keeps_the_restart_budget_and_impaired_since_of_a_container(
     let restarted_at = spent["status"]["restarts"]["recent"][0]["time"].clone();
     let started = c.inspect("{{.State.StartedAt}}");
 
-    // Killed without a chance to write anything more, then started again on the same state.
+    // Once the state folder has it: killed without a chance to write anything more, then
+    // started again on the same state.
+    agent.wait_written(&id, "the restart", |d| d["status"]["restarts"]["count"] == 1);
     agent.kill9();
     agent.restart();
     let back = agent.wait_for(&format!("/v1/instances/{id}"), "the container again", WAIT, |d| {

@@ -178,6 +178,7 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
 
     // The agent killed and started again: the VM's restart history is what it was (restored,
     // not forgotten before the VM sockets were scanned), and nothing is restarted anew.
+    agent.wait_written("vm-g1", "the restart", |d| d["status"]["restarts"]["count"] == 1);
     agent.kill9();
     agent.restart();
     let restored = agent.wait_status("vm-g1", "default/vm", "ok", WAIT);

@@ -135,6 +135,24 @@ impl Agent {
         self.spawn();
     }
 
+    /// The instance's document in the state folder, as last written.
+    pub fn state_doc(&self, id: &str) -> Option<Value> {
+        let text = std::fs::read_to_string(self.state.join("instances").join(format!("{id}.yaml"))).ok()?;
+        serde_saphyr::from_str(&text).ok()
+    }
+
+    /// Waits until the state folder holds `id` with `ready` true of it (what a kill -9 keeps).
+    pub fn wait_written(&self, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(doc) = self.state_doc(id).filter(|d| ready(d)) {
+                return doc;
+            }
+            assert!(Instant::now() < deadline, "{id}: {what} not written:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
