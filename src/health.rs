@@ -5,7 +5,7 @@
 //! agent ready on behalf of a source that has not synced.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,9 +81,8 @@ impl Health {
 /// Readiness: ready once every handle taken has been released.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    pending: AtomicUsize,
     broken: AtomicBool,
-    /// What the unreleased handles stand for, for `/readyz` to say.
+    /// What the unreleased handles stand for (ready when empty), for `/readyz` to say.
     waiting: std::sync::Mutex<Vec<&'static str>>,
 }
 
@@ -104,7 +103,6 @@ impl Readiness {
 
     /// Takes a handle that must be released before the agent is ready.
     pub fn handle(self: &Arc<Self>, what: &'static str) -> ReadyHandle {
-        self.pending.fetch_add(1, Ordering::SeqCst);
         self.waiting.lock().unwrap_or_else(|p| p.into_inner()).push(what);
         ReadyHandle { readiness: self.clone(), what, released: false }
     }
@@ -116,7 +114,8 @@ impl Readiness {
 
     /// Whether every handle was released and nothing broke since.
     pub fn is_ready(&self) -> bool {
-        self.pending.load(Ordering::SeqCst) == 0 && !self.broken.load(Ordering::SeqCst)
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+            && !self.broken.load(Ordering::SeqCst)
     }
 
     /// Marks the agent unready for good (a long-lived task ended).
@@ -138,8 +137,6 @@ impl ReadyHandle {
         if let Some(i) = waiting.iter().position(|w| *w == self.what) {
             waiting.remove(i);
         }
-        drop(waiting);
-        self.readiness.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -93,10 +93,7 @@ impl<K: Ord + Clone + std::fmt::Debug> Followers<K> {
                 None => {
                     let why = match (&mut f.handle).now_or_never() {
                         Some(Err(e)) if e.is_panic() => {
-                            format!(
-                                "it panicked: {}",
-                                crate::engine::scheduler::panic_message(&e.into_panic())
-                            )
+                            format!("it panicked: {}", panic_message(&e.into_panic()))
                         }
                         Some(Err(e)) => e.to_string(),
                         _ => "it returned".to_owned(),
@@ -136,6 +133,15 @@ impl<K: Ord + Clone + std::fmt::Debug> Drop for Followers<K> {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// What a panic said, when it said it with a string.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
 }
 
 /// The wait before the `failures`-th restart in a row.

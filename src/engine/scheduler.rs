@@ -325,7 +325,7 @@ async fn run_worker(
                 Ok(report) => report,
                 Err(panic) => {
                     shared.metrics.probe_panics.with_label_values(&[kind]).inc();
-                    let message = panic_message(panic.as_ref());
+                    let message = crate::supervise::panic_message(panic.as_ref());
                     warn!(check = %check.key, instance = %instance_id, "the probe panicked: {message}");
                     Report {
                         outcome: Outcome::unknown(format!("internal error: the probe panicked: {message}")),
@@ -401,15 +401,6 @@ async fn run_worker(
         };
         due = next_on_grid(due, period, Instant::now());
     }
-}
-
-/// What a panic said, when it said it with a string.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".to_owned())
 }
 
 fn record_action(

@@ -247,6 +247,27 @@ impl Drop for SecondApiServer {
     }
 }
 
+/// Polls `check` every 100 ms until it gives `Some`, for up to `limit`; panics naming `what`.
+/// The real server is eventually consistent (garbage collection, namespace deletion, RBAC
+/// caches): tests wait for the outcome instead of sleeping.
+#[expect(clippy::panic, reason = "a test helper: a condition never reached fails the test")]
+pub async fn eventually<T, F, Fut>(what: &str, limit: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not within {limit:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// A client configuration from a kubeconfig file.
 async fn config_from(kubeconfig: &Path) -> Result<kube::Config, Error> {
     let config_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Config {

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use vigil_test_apiserver::control_plane::ControlPlane;
+use vigil_test_apiserver::control_plane::{self, ControlPlane};
 use vigil_test_apiserver::{ApiServer, Config, Fault, Rule, User};
 
 const GROUP: &str = "example.dev";
@@ -102,21 +102,14 @@ struct Answer {
     body: Value,
 }
 
-/// Runs `check` until it returns `Some`, for up to 90 s (the real garbage collector notices a new
-/// kind within its 30 s discovery resync); on the stand-in the first try is expected to succeed.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// Waits for `check` for up to 90 s (the real garbage collector notices a new kind within its
+/// 30 s discovery resync); on the stand-in the first try is expected to succeed.
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within 90 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    control_plane::eventually(what, Duration::from_secs(90), check).await
 }
 
 impl Api {

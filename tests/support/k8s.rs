@@ -4,10 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 #[allow(unused_imports)] // each test binary uses its part
-pub use vigil_test_apiserver::control_plane::{ControlPlane, RequestCounts};
+pub use vigil_test_apiserver::control_plane::{ControlPlane, RequestCounts, eventually};
 
 /// `kubectl` (the control plane's own version) with its own kubeconfig and discovery cache.
 #[derive(Debug)]
@@ -63,22 +62,6 @@ impl Kubectl {
         let (ok, text) = self.run(args, Some(stdin));
         assert!(ok, "kubectl {} failed:\n{text}", args.join(" "));
         text
-    }
-}
-
-/// Polls `check` every 100 ms until it gives `Some`, for up to `limit`; panics naming `what`.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
