@@ -19,6 +19,7 @@
 //! validated form of a HealthCheck that the engine runs.
 #![forbid(unsafe_code)]
 
+pub mod action;
 pub mod agent;
 pub mod api;
 pub mod check;

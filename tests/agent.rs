@@ -33,7 +33,7 @@ fn endpoint_http(name: &str, address: &str, extra: &str) -> String {
 }
 
 fn endpoint_id(address: &str) -> String {
-    format!("endpoint-{}", address.replace(':', "-"))
+    vigil::inventory::id_for(vigil::api::InstanceKind::Endpoint, address, "test-node")
 }
 
 fn state_doc(agent: &Agent, id: &str) -> Value {
@@ -226,6 +226,47 @@ fn kill_9_keeps_counts_impaired_since_and_transitions() {
     let (b, a) = (check_of(&web_before, "default/web").unwrap(), check_of(&web, "default/web").unwrap());
     assert_eq!(a["lastTransitionTime"], b["lastTransitionTime"]);
     assert_eq!(a["status"], "ok");
+}
+
+#[test]
+fn a_state_folder_of_an_earlier_version_keeps_its_history() {
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(dir.path(), &[]);
+    let address = target.address();
+    let id = endpoint_id(&address);
+    assert!(id.ends_with("--test-node"), "{id}");
+    agent.write_check("web.yaml", &endpoint_http("web", &address, ""));
+    agent.wait_status(&id, "default/web", "ok", WAIT);
+    let saved = agent.wait_written(&id, "the first result", |d| {
+        check_of(d, "default/web").is_some_and(|c| c["status"] == "ok")
+    });
+    assert_eq!(agent.stop(), Some(0));
+    // As an earlier version wrote it: named without the node, with a restart history.
+    let old = format!("endpoint-{}", address.replace(':', "-"));
+    let instances = dir.path().join("state").join("instances");
+    let mut doc = saved.clone();
+    doc["metadata"]["name"] = old.clone().into();
+    doc["spec"]["instance"]["id"] = old.clone().into();
+    doc["status"]["restarts"]["count"] = 7.into();
+    std::fs::remove_file(instances.join(format!("{id}.yaml"))).unwrap();
+    std::fs::write(instances.join(format!("{old}.yaml")), serde_saphyr::to_string(&doc).unwrap()).unwrap();
+
+    agent.restart();
+    let migrated =
+        agent.wait_written(&id, "the migrated document", |d| d["status"]["restarts"]["count"] == 7);
+    assert_eq!(migrated["metadata"]["creationTimestamp"], saved["metadata"]["creationTimestamp"]);
+    let (b, a) = (check_of(&saved, "default/web").unwrap(), check_of(&migrated, "default/web").unwrap());
+    assert_eq!(a["lastTransitionTime"], b["lastTransitionTime"], "no new transition");
+    assert_eq!(agent.instance(&id)["status"]["restarts"]["count"], 7);
+    let deadline = Instant::now() + WAIT;
+    while instances.join(format!("{old}.yaml")).exists() {
+        assert!(Instant::now() < deadline, "the old document was not removed\n{}", agent.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _) = agent.get(&format!("/v1/instances/{old}"));
+    assert_eq!(status, 404, "only the node-qualified id is served");
 }
 
 #[test]

@@ -29,7 +29,7 @@ fn agent_on(dir: &std::path::Path, socket: &str, extra: &[&str]) -> Agent {
 }
 
 fn instance_id(name: &str) -> String {
-    format!("container-{name}")
+    vigil::inventory::id_for(vigil::api::InstanceKind::Container, name, "test-node")
 }
 
 /// A container labelled `vigil.case=<case>` that is healthy while its /tmp/ok exists (checked

@@ -8,15 +8,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus::Registry;
+use vigil::action::Executors;
 use vigil::api::{HealthCheck, InstanceKind, InstanceState};
 use vigil::engine::clock::SystemClock;
 use vigil::engine::planner::{self, NodeInfo, Sources};
-use vigil::engine::remediation::Executors;
 use vigil::engine::scheduler::{Scheduler, SchedulerConfig};
 use vigil::engine::store::Store;
-use vigil::inventory::Instance;
+use vigil::inventory::{Instance, id_for};
 use vigil::metrics::AgentMetrics;
 use vigil::probe::{ContainerRuntime, Outcome, OutcomeFuture, Prober};
+use vigil::report::render;
 
 /// A container runtime whose HEALTHCHECK reader has a bug: it panics on every call.
 #[derive(Debug, Default)]
@@ -41,7 +42,8 @@ impl ContainerRuntime for PanickingRuntime {
 
 fn container(name: &str) -> Instance {
     Instance {
-        id: format!("container-{name}"),
+        id: id_for(InstanceKind::Container, name, "n1"),
+        namespace: None,
         kind: InstanceKind::Container,
         name: name.to_owned(),
         node: "n1".to_owned(),
@@ -87,7 +89,7 @@ async fn a_probe_that_panics_is_unknown_counted_and_probed_again() {
     // Probed again and again (one a second), each time recorded as unknown, never a restart.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
-        let doc = store.instance_doc("container-c1").map(|d| serde_json::to_value(d).unwrap());
+        let doc = render::instance_doc(&store, "c1").map(|d| serde_json::to_value(d).unwrap());
         if runtime.calls.load(Ordering::SeqCst) >= 3
             && let Some(doc) = doc
         {

@@ -108,6 +108,10 @@ fn restarted_vm_check() -> String {
     )
 }
 
+fn vm_id(name: &str) -> String {
+    vigil::inventory::id_for(vigil::api::InstanceKind::Vm, name, "test-node")
+}
+
 fn status_of<'a>(instance: &'a Value, which: &str) -> &'a Value {
     &instance["status"][which]["status"]
 }
@@ -127,7 +131,7 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     agent.write_check("vm.yaml", &restarted_vm_check());
 
     // Running: all three checks ok, and the host counts its vCPU and memory.
-    let up = agent.wait_status("vm-g1", "default/vm", "ok", BOOT);
+    let up = agent.wait_status(&vm_id("g1"), "default/vm", "ok", BOOT);
     assert_eq!(up["spec"]["instance"]["kind"], "VM");
     assert_eq!(up["status"]["state"], "running");
     for which in ["systemStatus", "instanceStatus", "attachedVolumeStatus"] {
@@ -143,11 +147,11 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
 
     // Paused by its operator: not-applicable, no restart.
     guest.qmp("stop");
-    let paused = agent.wait_status("vm-g1", "default/vm", "not-applicable", WAIT);
+    let paused = agent.wait_status(&vm_id("g1"), "default/vm", "not-applicable", WAIT);
     assert_eq!(paused["status"]["state"], "paused");
     guest.qmp("cont");
-    agent.wait_status("vm-g1", "default/vm", "ok", WAIT);
-    assert_eq!(restarts(&agent.instance("vm-g1")), 0);
+    agent.wait_status(&vm_id("g1"), "default/vm", "ok", WAIT);
+    assert_eq!(restarts(&agent.instance(&vm_id("g1"))), 0);
 
     // The guest agent dies: Instance impaired (reachability) while System stays ok; the action
     // resets the VM, the agent comes back with the guest, and the restart is counted.
@@ -178,10 +182,10 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
 
     // The agent killed and started again: the VM's restart history is what it was (restored,
     // not forgotten before the VM sockets were scanned), and nothing is restarted anew.
-    agent.wait_written("vm-g1", "the restart", |d| d["status"]["restarts"]["count"] == 1);
+    agent.wait_written(&vm_id("g1"), "the restart", |d| d["status"]["restarts"]["count"] == 1);
     agent.kill9();
     agent.restart();
-    let restored = agent.wait_status("vm-g1", "default/vm", "ok", WAIT);
+    let restored = agent.wait_status(&vm_id("g1"), "default/vm", "ok", WAIT);
     assert_eq!(restarts(&restored), 1, "{}", restored["status"]);
     assert_eq!(restored["status"]["restarts"]["recent"][0]["time"], record["time"]);
     assert_eq!(restored["metadata"]["creationTimestamp"], back["metadata"]["creationTimestamp"]);
@@ -192,9 +196,9 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
         "vm.yaml",
         &restarted_vm_check().replace("      names: [g1]\n", "      names: [g1]\n      suspend: [g1]\n"),
     );
-    agent.wait_status("vm-g1", "default/vm", "not-applicable", WAIT);
+    agent.wait_status(&vm_id("g1"), "default/vm", "not-applicable", WAIT);
     agent.write_check("vm.yaml", &restarted_vm_check());
-    agent.wait_status("vm-g1", "default/vm", "ok", WAIT);
+    agent.wait_status(&vm_id("g1"), "default/vm", "ok", WAIT);
 
     // QEMU dies: System impaired, and the VM is not counted as running any more.
     let pid = guest.pid();
@@ -231,7 +235,7 @@ fn a_monitor_that_answers_garbage_is_insufficient_data() {
     let glob = format!("{}/vms/*/qmp.sock", root.path().display());
     let agent = Agent::start(&root.path().join("agent"), &["--vm-socket-glob", &glob]);
     agent.write_check("vm.yaml", &vm_check("vm", "bad", ""));
-    let seen = agent.wait_status("vm-bad", "default/vm", "insufficient-data", WAIT);
+    let seen = agent.wait_status(&vm_id("bad"), "default/vm", "insufficient-data", WAIT);
     let message = check_of(&seen, "default/vm").unwrap()["message"].as_str().unwrap().to_owned();
     assert!(message.contains("QMP"), "{message}");
     assert_eq!(restarts(&seen), 0);

@@ -2,7 +2,6 @@
 //! view of instances. GET (and HEAD) only; JSON answers under `{"data": …}`, errors under
 //! `{"error": {"code", "message"}}`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -10,36 +9,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use prometheus::Registry;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::engine::store::Store;
-use crate::health::{Health, Readiness};
+pub use super::state::ApiState;
 use crate::http::{self, AccessPolicy};
 use crate::inventory::host;
-use crate::metrics::{self, AgentMetrics, ViewCollector};
-
-/// What the handlers read.
-#[derive(Clone, Debug)]
-pub struct ApiState {
-    /// The live view.
-    pub store: Arc<Store>,
-    /// The agent's health.
-    pub health: Arc<Health>,
-    /// Readiness.
-    pub readiness: Arc<Readiness>,
-    /// Metrics registry (the agent's own figures).
-    pub registry: Registry,
-    /// Per-target, per-instance and per-check metrics, from the live view.
-    pub view: Arc<ViewCollector>,
-    /// Metrics (process figures are refreshed at each scrape).
-    pub metrics: AgentMetrics,
-    /// The effective configuration, as served.
-    pub config: Arc<Value>,
-    /// The Docker runtime, when this agent has one.
-    pub docker: Option<crate::docker::DockerRuntime>,
-}
+use crate::metrics;
+use crate::report::render;
 
 /// Longest silence of the runtime's heartbeat before `/healthz` fails.
 pub const MAX_HEARTBEAT_SILENCE: Duration = Duration::from_secs(30);
@@ -104,7 +81,7 @@ async fn metrics_text(State(s): State<ApiState>) -> Response {
         Ok(mut text) => {
             s.view.encode(&mut text);
             if let Some(docker) = &s.docker {
-                docker.encode_metrics(&mut text);
+                docker.encode_metrics(s.store.node(), &mut text);
             }
             http::prometheus_text(text)
         }
@@ -159,16 +136,16 @@ async fn config(State(s): State<ApiState>) -> Response {
 }
 
 async fn instances(State(s): State<ApiState>) -> Response {
-    data(s.store.instance_docs())
+    data(render::instance_docs(&s.store))
 }
 
 async fn instance(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    match s.store.instance_doc(&id) {
+    match render::instance_doc(&s.store, &id) {
         Some(doc) => data(doc),
         None => http::error(StatusCode::NOT_FOUND, format!("no instance {id:?} on this agent")),
     }
 }
 
 async fn healthchecks(State(s): State<ApiState>) -> Response {
-    data(s.store.check_docs())
+    data(render::check_docs(&s.store))
 }

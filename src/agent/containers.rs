@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::api::ApiState;
+use super::state::ApiState;
 use crate::docker::{Container, DockerRuntime};
 use crate::http;
 
@@ -86,7 +86,10 @@ pub async fn one_health(State(s): State<ApiState>, Path(id): Path<String>) -> Re
         Err(r) => return *r,
     };
     let mut body = summary(docker, &c, Timestamp::now());
-    let instance = s.store.instance_doc(&crate::inventory::instance_id("container", &c.name));
+    let instance = crate::report::render::instance_doc(
+        &s.store,
+        &crate::inventory::id_for(crate::api::InstanceKind::Container, &c.name, s.store.node()),
+    );
     body["fullId"] = json!(c.id);
     body["exitCode"] = json!(c.exit_code);
     body["startedAt"] = json!(c.started_at.map(|t| t.to_string()));

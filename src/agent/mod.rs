@@ -5,6 +5,7 @@
 
 pub mod api;
 mod containers;
+mod state;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -21,11 +22,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::action::{ExecAction, Executors};
 use crate::cli::AgentArgs;
 use crate::docker::{DockerRuntime, RestartContainer, StatsConfig};
 use crate::engine::clock::SystemClock;
 use crate::engine::planner::{self, NodeInfo, Sources};
-use crate::engine::remediation::{ExecAction, Executors};
 use crate::engine::scheduler::{Scheduler, SchedulerConfig};
 use crate::engine::store::Store;
 use crate::health::{Health, Readiness, ReadyHandle};
@@ -362,12 +363,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let store =
         Arc::new(Store::new(&config.node_name, &config.namespace, Arc::new(SystemClock), metrics.clone()));
     let view = Arc::new(ViewCollector::new(store.clone()));
-    let (restored, problems) = state_dir.load_instances();
-    for p in &problems {
+    let saved = state_dir.load_instances(&config.node_name);
+    for p in &saved.problems {
         warn!("{p}");
     }
-    info!(instances = restored.len(), dir = %config.state_dir.display(), "state restored");
-    store.restore(restored);
+    info!(
+        instances = saved.instances.len(),
+        renamed = saved.renamed.len(),
+        dir = %config.state_dir.display(),
+        "state restored"
+    );
+    store.restore(saved.instances);
+    let renamed = saved.renamed;
     let watched = vec![PathBuf::from("/"), config.state_dir.clone()];
     store.set_host_health(host::assess(&config.pressure, &watched));
 
@@ -532,6 +539,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             health.clone(),
             metrics.clone(),
             secs(config.status_refresh_seconds),
+            renamed,
         );
         let cancel = cancel.clone();
         tasks.spawn(async move {

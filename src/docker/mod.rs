@@ -23,9 +23,9 @@ use jiff::Timestamp;
 use tokio::runtime::Handle;
 use tokio::sync::watch as tokio_watch;
 
+use crate::action::{ActionError, ActionExecutor, ActionFuture, ActionRequest};
 use crate::api::{CheckStatus, InstanceKind, InstanceState};
-use crate::engine::remediation::{ActionError, ActionExecutor, ActionFuture, ActionRequest};
-use crate::inventory::{Claimed, Instance, Observation, instance_id};
+use crate::inventory::{Claimed, Instance, Observation, id_for};
 use crate::probe::exec::{Exit, Finished, OUTPUT_LIMIT, judge};
 use crate::probe::{ContainerRuntime, Outcome, OutcomeFuture, Reason};
 
@@ -382,7 +382,8 @@ impl DockerRuntime {
             .containers
             .values()
             .map(|c| Instance {
-                id: instance_id("container", &c.name),
+                id: id_for(InstanceKind::Container, &c.name, node),
+                namespace: None,
                 kind: InstanceKind::Container,
                 name: c.name.clone(),
                 node: node.to_owned(),
@@ -532,12 +533,13 @@ type Figure<'a> = &'a dyn Fn(&Container, Option<&stats::Raw>) -> Option<f64>;
 impl DockerRuntime {
     /// Appends the per-container families, rendered from the live inventory and the latest
     /// stats: a container's series go when it does.
-    pub fn encode_metrics(&self, out: &mut String) {
+    pub fn encode_metrics(&self, node: &str, out: &mut String) {
         use prometheus::proto::MetricType::{COUNTER, GAUGE};
         const LABELS: &[&str] = &["instance_id", "container"];
         let containers = self.containers();
         let raw = stats::raw_of(self);
-        let ids: Vec<String> = containers.iter().map(|c| instance_id("container", &c.name)).collect();
+        let ids: Vec<String> =
+            containers.iter().map(|c| id_for(InstanceKind::Container, &c.name, node)).collect();
         let rows = |f: Figure<'_>| -> Vec<(Vec<&str>, f64)> {
             containers
                 .iter()

@@ -22,30 +22,45 @@ pub enum FeedKey {
     Check(CheckKey),
 }
 
-/// The feed itself (kept under the store's lock).
+/// The feed itself (kept under the store's lock). The revision of a key that exists is kept on
+/// its entry in the store, so the feed holds each key once; only removed keys are indexed here.
 #[derive(Debug, Default)]
 pub(crate) struct Feed {
     revision: u64,
     /// Each key once, at the revision of its latest change.
     log: BTreeMap<u64, FeedKey>,
-    at: HashMap<FeedKey, u64>,
-    /// The removed keys among them, by revision.
-    tombstones: BTreeMap<u64, FeedKey>,
+    /// The removed keys among them, with their revision.
+    tombstones: HashMap<FeedKey, u64>,
     touches: u64,
     /// Positions of the readers, for pruning tombstones.
     readers: Vec<Weak<AtomicU64>>,
 }
 
 impl Feed {
-    /// `key` changed (or, with `removed`, is gone).
-    pub(crate) fn mark(&mut self, key: FeedKey, removed: bool) {
+    /// `key` changed; `previous` is the revision it was last marked at (kept on its entry), if
+    /// any. Returns the revision to keep.
+    pub(crate) fn mark(&mut self, key: FeedKey, previous: Option<u64>) -> u64 {
         self.revision += 1;
-        if let Some(old) = self.at.insert(key.clone(), self.revision) {
+        if let Some(old) = previous {
             self.log.remove(&old);
-            self.tombstones.remove(&old);
         }
-        if removed {
-            self.tombstones.insert(self.revision, key.clone());
+        if !self.tombstones.is_empty()
+            && let Some(old) = self.tombstones.remove(&key)
+        {
+            self.log.remove(&old);
+        }
+        self.log.insert(self.revision, key);
+        self.revision
+    }
+
+    /// `key` is gone; `previous` as for [`Feed::mark`].
+    pub(crate) fn remove(&mut self, key: FeedKey, previous: Option<u64>) {
+        self.revision += 1;
+        if let Some(old) = previous {
+            self.log.remove(&old);
+        }
+        if let Some(old) = self.tombstones.insert(key.clone(), self.revision) {
+            self.log.remove(&old);
         }
         self.log.insert(self.revision, key);
     }
@@ -75,25 +90,26 @@ impl Feed {
 
     /// Forgets tombstones that every live reader has passed.
     pub(crate) fn prune(&mut self) {
-        self.readers.retain(|r| r.strong_count() > 0);
-        let Some(oldest) =
-            self.readers.iter().filter_map(Weak::upgrade).map(|p| p.load(Ordering::SeqCst)).min()
-        else {
-            // Nobody reads: nothing to keep for anyone.
-            self.forget_tombstones(u64::MAX);
+        if self.tombstones.is_empty() {
             return;
-        };
-        self.forget_tombstones(oldest);
-    }
-
-    fn forget_tombstones(&mut self, up_to: u64) {
-        let passed: Vec<u64> = self.tombstones.range(..=up_to).map(|(r, _)| *r).collect();
-        for r in passed {
-            if let Some(key) = self.tombstones.remove(&r) {
-                self.log.remove(&r);
-                self.at.remove(&key);
-            }
         }
+        self.readers.retain(|r| r.strong_count() > 0);
+        // Nobody reads: nothing to keep for anyone.
+        let oldest = self
+            .readers
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|p| p.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(u64::MAX);
+        let log = &mut self.log;
+        self.tombstones.retain(|_, revision| {
+            let keep = *revision > oldest;
+            if !keep {
+                log.remove(revision);
+            }
+            keep
+        });
     }
 }
 
@@ -175,9 +191,9 @@ mod tests {
     #[test]
     fn each_key_is_held_once_at_its_latest_revision() {
         let mut feed = Feed::default();
-        feed.mark(instance("a"), false);
-        feed.mark(instance("b"), false);
-        feed.mark(instance("a"), false);
+        let a = feed.mark(instance("a"), None);
+        feed.mark(instance("b"), None);
+        feed.mark(instance("a"), Some(a));
         assert_eq!(feed.after(0, 10), [(2, instance("b")), (3, instance("a"))]);
         assert_eq!(feed.after(2, 10), [(3, instance("a"))]);
         assert_eq!(feed.after(0, 1), [(2, instance("b"))]);
@@ -189,8 +205,8 @@ mod tests {
         let mut feed = Feed::default();
         let slow = feed.register();
         let fast = feed.register();
-        feed.mark(instance("a"), false);
-        feed.mark(instance("a"), true);
+        let a = feed.mark(instance("a"), None);
+        feed.remove(instance("a"), Some(a));
         fast.store(2, Ordering::SeqCst);
         feed.prune();
         assert_eq!(feed.after(0, 10), [(2, instance("a"))], "the slow reader has not seen it yet");
@@ -198,11 +214,24 @@ mod tests {
         feed.prune();
         assert!(feed.after(0, usize::MAX).is_empty());
         // A key that comes back is a change like any other.
-        feed.mark(instance("a"), false);
+        feed.mark(instance("a"), None);
         assert_eq!(feed.after(2, 10), [(3, instance("a"))]);
         drop((slow, fast));
-        feed.mark(instance("b"), true);
+        feed.remove(instance("b"), None);
         feed.prune();
         assert_eq!(feed.after(0, 10), [(3, instance("a"))], "no reader left: tombstones go");
+    }
+
+    #[test]
+    fn a_key_removed_and_back_before_anyone_read_is_listed_once() {
+        let mut feed = Feed::default();
+        let _reader = feed.register();
+        let a = feed.mark(instance("a"), None);
+        feed.remove(instance("a"), Some(a));
+        feed.remove(instance("a"), None);
+        let back = feed.mark(instance("a"), None);
+        assert_eq!(feed.after(0, 10), [(back, instance("a"))]);
+        feed.prune();
+        assert_eq!(feed.after(0, 10), [(back, instance("a"))], "no tombstone left to prune it by");
     }
 }

@@ -219,9 +219,9 @@ spec:
         let p = plan(&node(), &checks, std::slice::from_ref(&host), Sources::default());
         assert_eq!(p.instances.len(), 3);
         assert_eq!(p.assignments.len(), 3);
-        let ep = p.assignments.iter().find(|a| a.instance_id == "endpoint-127.0.0.1-8080").unwrap();
+        let ep = p.assignments.iter().find(|a| a.instance_id == "endpoint-127.0.0.1-8080--n1").unwrap();
         assert_eq!((ep.target.host.as_str(), ep.target.port), ("127.0.0.1", Some(8080)));
-        let local = p.assignments.iter().find(|a| a.instance_id == "endpoint-localhost").unwrap();
+        let local = p.assignments.iter().find(|a| a.instance_id == "endpoint-localhost--n1").unwrap();
         assert_eq!(local.target.port, None, "the probe's port applies");
         let h = p.assignments.iter().find(|a| a.instance_id == host.id).unwrap();
         assert_eq!(h.target.host, "127.0.0.1");

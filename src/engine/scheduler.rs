@@ -17,8 +17,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::planner::{Assignment, Plan};
-use super::remediation::{ActionRecord, Decision, Executors};
+use super::remediation::{ActionRecord, Decision};
 use super::store::Store;
+use crate::action::Executors;
 use crate::metrics::AgentMetrics;
 use crate::model::{CheckDef, CheckKey};
 use crate::probe::{Outcome, ProbeSpec, Prober, Report, Target};

@@ -23,8 +23,10 @@ pub struct Claimed {
 /// A monitored instance.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Instance {
-    /// Stable id, also the InstanceStatus name.
+    /// Stable id, unique in the cluster, also the InstanceStatus name (see [`id_for`]).
     pub id: String,
+    /// Namespace of its InstanceStatus when not the agent's own (a pod's is the pod's).
+    pub namespace: Option<String>,
     /// Kind.
     pub kind: InstanceKind,
     /// Human name.
@@ -55,7 +57,8 @@ impl Instance {
     /// The node itself.
     pub fn host(node: &str) -> Instance {
         Instance {
-            id: instance_id("host", node),
+            id: id_for(InstanceKind::Host, node, node),
+            namespace: None,
             kind: InstanceKind::Host,
             name: node.to_owned(),
             node: node.to_owned(),
@@ -73,7 +76,8 @@ impl Instance {
     /// A fixed address, as seen from `node`.
     pub fn endpoint(node: &str, address: &str) -> Instance {
         Instance {
-            id: instance_id("endpoint", address),
+            id: id_for(InstanceKind::Endpoint, address, node),
+            namespace: None,
             kind: InstanceKind::Endpoint,
             name: address.to_owned(),
             node: node.to_owned(),
@@ -88,6 +92,51 @@ impl Instance {
         }
     }
 }
+
+/// The id of an instance, unique in a cluster: the kind's prefix and its raw name (a container's
+/// or a VM's name, an endpoint's address), then `--` and the node observing it. A host is
+/// `host-<node>`; a pod is `pod-<name>` in the pod's namespace (a pod runs on one node).
+/// `--` never occurs in the mapped name ([`instance_id`] folds runs of `-`), so the node part is
+/// unambiguous: two agents never write the same InstanceStatus.
+pub fn id_for(kind: InstanceKind, raw: &str, node: &str) -> String {
+    let prefix = kind_prefix(kind);
+    match kind {
+        InstanceKind::Host | InstanceKind::Pod => instance_id(prefix, raw),
+        InstanceKind::Container | InstanceKind::Vm | InstanceKind::Endpoint => {
+            let local = instance_id(prefix, raw);
+            let node = instance_id("", node);
+            let node = node.trim_start_matches('-');
+            let mut id = format!("{local}--{node}");
+            if id.len() > MAX_NAME {
+                id.truncate(MAX_NAME - 9);
+                while id.ends_with(['-', '.']) {
+                    id.pop();
+                }
+                let whole = format!("{raw}\0{node}");
+                id.push_str(&format!("-{:08x}", fnv1a(whole.as_bytes()) as u32));
+            }
+            id
+        }
+    }
+}
+
+/// The id an instance had before ids carried the node (state folders of earlier versions).
+pub fn unqualified_id(kind: InstanceKind, raw: &str) -> String {
+    instance_id(kind_prefix(kind), raw)
+}
+
+fn kind_prefix(kind: InstanceKind) -> &'static str {
+    match kind {
+        InstanceKind::Pod => "pod",
+        InstanceKind::Container => "container",
+        InstanceKind::Vm => "vm",
+        InstanceKind::Host => "host",
+        InstanceKind::Endpoint => "endpoint",
+    }
+}
+
+/// The longest object name the API server takes.
+const MAX_NAME: usize = 253;
 
 /// A valid object name (DNS subdomain) for an instance: `prefix-` and the raw id, lowercased,
 /// other characters replaced by `-`. When the mapping lost information, a short hash of the raw
@@ -138,6 +187,27 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_local_ids_carry_the_node() {
+        let a = id_for(InstanceKind::Container, "web", "node-1");
+        assert_eq!(a, "container-web--node-1");
+        assert_ne!(a, id_for(InstanceKind::Container, "web", "node-2"));
+        assert_eq!(id_for(InstanceKind::Endpoint, "127.0.0.1:8080", "n1"), "endpoint-127.0.0.1-8080--n1");
+        assert_eq!(id_for(InstanceKind::Vm, "db", "n1"), "vm-db--n1");
+        assert_eq!(id_for(InstanceKind::Host, "n1", "n1"), "host-n1");
+        // A name that ends like a node cannot pass for another node's instance.
+        assert_ne!(
+            id_for(InstanceKind::Container, "web-node", "1"),
+            id_for(InstanceKind::Container, "web", "node-1")
+        );
+        let upper = id_for(InstanceKind::Vm, "db", "Laptop.Local");
+        assert!(upper.starts_with("vm-db--laptop.local-"), "{upper}");
+        let long = id_for(InstanceKind::Container, &"c".repeat(250), &"n".repeat(250));
+        assert!(long.len() <= 253, "{}", long.len());
+        assert_ne!(long, id_for(InstanceKind::Container, &"c".repeat(250), &"n".repeat(249)));
+        assert_eq!(unqualified_id(InstanceKind::Container, "web"), "container-web");
+    }
 
     #[test]
     fn ids_are_object_names() {

@@ -28,9 +28,9 @@ use tokio::sync::watch as tokio_watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::action::{ActionError, ActionExecutor, ActionFuture, ActionRequest};
 use crate::api::{CheckStatus, InstanceKind, InstanceState};
-use crate::engine::remediation::{ActionError, ActionExecutor, ActionFuture, ActionRequest};
-use crate::inventory::{Claimed, Instance, Observation, instance_id};
+use crate::inventory::{Claimed, Instance, Observation, id_for};
 use crate::probe::{Outcome, OutcomeFuture, QmpSpec, Reason, VmRuntime};
 use crate::supervise::Followers;
 
@@ -237,7 +237,8 @@ impl QemuRuntime {
                 ];
                 let running = vm.instance_state() == InstanceState::Running;
                 Instance {
-                    id: instance_id("vm", &vm.name),
+                    id: id_for(InstanceKind::Vm, &vm.name, node),
+                    namespace: None,
                     kind: InstanceKind::Vm,
                     name: vm.name.clone(),
                     node: node.to_owned(),

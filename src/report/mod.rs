@@ -1,4 +1,7 @@
 //! Reporters: where observed state goes. Standalone, the local state folder; in a cluster, the
-//! API server. Metrics are updated by the store itself.
+//! API server. Both read the store's change feed and render its views here ([`render`]);
+//! metrics are scraped from the store directly.
 
+pub mod render;
+pub mod restore;
 pub mod statedir;

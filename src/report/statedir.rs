@@ -21,10 +21,12 @@ use tracing::{debug, warn};
 
 use crate::api::{HealthCheck, InstanceStatus};
 use crate::engine::feed::Cursor;
-use crate::engine::store::{Dirty, Store};
+use crate::engine::store::Store;
+use crate::engine::store::view::Restored;
 use crate::health::Health;
 use crate::metrics::AgentMetrics;
 use crate::model::CheckKey;
+use crate::report::render::{self, Dirty};
 
 const INSTANCES: &str = "instances";
 const HEALTHCHECKS: &str = "healthchecks";
@@ -44,6 +46,18 @@ pub enum StateDirError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What an earlier run left in the state folder.
+#[derive(Debug, Default)]
+pub struct Saved {
+    /// The instances, under today's ids.
+    pub instances: Vec<Restored>,
+    /// Documents saved under another name than their id (an earlier version's), by id: each is
+    /// removed once its instance is written under its id.
+    pub renamed: HashMap<String, String>,
+    /// Documents that could not be read, set aside.
+    pub problems: Vec<String>,
 }
 
 /// The state folder.
@@ -94,11 +108,11 @@ impl StateDir {
 
     /// Reads the instance documents an earlier run wrote. A document that cannot be read is set
     /// aside (renamed `*.corrupt`), never deleted, and reported.
-    pub fn load_instances(&self) -> (Vec<InstanceStatus>, Vec<String>) {
+    /// Documents of an earlier version are taken under today's ids ([`super::restore`]).
+    pub fn load_instances(&self, node: &str) -> Saved {
         let dir = self.root.join(INSTANCES);
-        let mut docs = Vec::new();
-        let mut problems = Vec::new();
-        let Ok(entries) = fs::read_dir(&dir) else { return (docs, problems) };
+        let mut saved = Saved::default();
+        let Ok(entries) = fs::read_dir(&dir) else { return saved };
         for e in entries.flatten() {
             let path = e.path();
             if path.extension().and_then(|x| x.to_str()) != Some("yaml") {
@@ -108,11 +122,18 @@ impl StateDir {
                 .map_err(|e| e.to_string())
                 .and_then(|text| serde_saphyr::from_str::<InstanceStatus>(&text).map_err(|e| e.to_string()));
             match parsed {
-                Ok(doc) => docs.push(doc),
+                Ok(doc) => {
+                    if let Some((restored, saved_as)) = super::restore::restored(doc, node) {
+                        if let Some(old) = saved_as {
+                            saved.renamed.insert(restored.id.clone(), old);
+                        }
+                        saved.instances.push(restored);
+                    }
+                }
                 Err(e) => {
                     let aside = path.with_extension("yaml.corrupt");
                     let _ = fs::rename(&path, &aside);
-                    problems.push(format!(
+                    saved.problems.push(format!(
                         "{} could not be read ({e}); moved to {}",
                         path.display(),
                         aside.display()
@@ -120,7 +141,7 @@ impl StateDir {
                 }
             }
         }
-        (docs, problems)
+        saved
     }
 
     /// Applies a batch: every new document goes to a temporary file, the filesystem is flushed
@@ -213,6 +234,8 @@ pub struct Reporter {
     written: HashMap<String, u64>,
     /// Writes that failed, retried with the next batch unless a newer version replaces them.
     retry: HashMap<String, Pending>,
+    /// Documents of an earlier version, by the id they are written under now.
+    renamed: HashMap<String, String>,
 }
 
 impl Reporter {
@@ -223,6 +246,7 @@ impl Reporter {
         health: Arc<Health>,
         metrics: AgentMetrics,
         refresh: Duration,
+        renamed: HashMap<String, String>,
     ) -> Reporter {
         let cursor = store.subscribe();
         Reporter {
@@ -234,6 +258,7 @@ impl Reporter {
             refresh,
             written: HashMap::new(),
             retry: HashMap::new(),
+            renamed,
         }
     }
 
@@ -262,12 +287,15 @@ impl Reporter {
         let mut retry = std::mem::take(&mut self.retry);
         let mut touched = touched;
         loop {
-            let dirty = self.store.changes(&mut self.cursor, touched, BATCH);
+            let dirty =
+                render::changes(self.store.changes(&mut self.cursor, touched, BATCH), self.store.namespace());
             touched = false;
             if dirty.is_empty() && retry.is_empty() {
                 break;
             }
-            failures.extend(self.write_batch(dirty, std::mem::take(&mut retry)).await);
+            let (failed, next) = self.write_batch(dirty, std::mem::take(&mut retry)).await;
+            failures.extend(failed);
+            retry = next;
         }
         if failures.is_empty() {
             self.health.set("state", Vec::new());
@@ -287,9 +315,14 @@ impl Reporter {
         &mut self,
         dirty: Dirty,
         mut batch: HashMap<String, Pending>,
-    ) -> Vec<(String, io::Error)> {
+    ) -> (Vec<(String, io::Error)>, HashMap<String, Pending>) {
+        // Old documents go once their instance's new one is written (or the instance is gone).
+        let mut renames: Vec<(String, String)> = Vec::new();
         for (id, doc) in dirty.instances {
             let p = pending(INSTANCES, format!("{id}.yaml"), doc.as_ref().map(render_instance));
+            if let Some(old) = self.renamed.get(&id) {
+                renames.push((p.file.clone(), old.clone()));
+            }
             batch.insert(p.file.clone(), p);
         }
         for (key, doc) in dirty.checks {
@@ -302,7 +335,7 @@ impl Reporter {
             Op::Remove { .. } => true,
         });
         if batch.is_empty() {
-            return Vec::new();
+            return (Vec::new(), HashMap::new());
         }
         let dir = self.dir.clone();
         let ops: Vec<Op> = batch.values().map(|p| p.op.clone()).collect();
@@ -328,7 +361,16 @@ impl Reporter {
                 Op::Remove { .. } => self.written.remove(&file),
             };
         }
-        failures
+        let mut next = HashMap::new();
+        for (file, old) in renames {
+            if !failures.iter().any(|(f, _)| *f == file) {
+                let p = pending(INSTANCES, format!("{old}.yaml"), None);
+                next.insert(p.file.clone(), p);
+                let id = file.trim_start_matches(INSTANCES).trim_start_matches('/').trim_end_matches(".yaml");
+                self.renamed.remove(id);
+            }
+        }
+        (failures, next)
     }
 }
 

@@ -1,21 +1,18 @@
-//! Remediation: whether an impaired target may be acted on now, and who acts.
+//! Remediation: whether an impaired target may be acted on now. The actions themselves are
+//! carried out by [`crate::action`] executors.
 //!
 //! The policy is pure: it reads the target's recent actions and the time. An action is taken
 //! only on an impaired target whose last probe failed (never on `insufficient-data`), at most
 //! `maxRestarts` times within `window`, each at least the backoff delay after the previous one,
 //! and not at all while more targets of the check than `maxUnhealthy` are impaired.
 
-use std::fmt::Debug;
-use std::future::Future;
-use std::pin::Pin;
+pub mod book;
+
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::api::InstanceKind;
-use crate::model::{ActionKind, CheckKey, Limit, RestartPolicy};
-use crate::probe::Trace;
-use crate::probe::exec::{self, Exit};
+use crate::model::{CheckKey, Limit, RestartPolicy};
 
 /// Actions remembered per instance (the budget is computed from these).
 pub const HISTORY_LIMIT: usize = 32;
@@ -121,118 +118,6 @@ pub fn mass_failure(limit: Option<Limit>, unhealthy: u32, total: u32) -> Option<
     limit.exceeded(unhealthy, total).then_some(Decision::MassFailure { unhealthy, total, limit })
 }
 
-/// What an action needs to know.
-#[derive(Clone, Debug)]
-pub struct ActionRequest {
-    /// Which action.
-    pub kind: ActionKind,
-    /// Which check asked.
-    pub check: CheckKey,
-    /// Target instance id.
-    pub instance_id: String,
-    /// Target instance name.
-    pub instance_name: String,
-    /// Target instance kind.
-    pub instance_kind: InstanceKind,
-    /// Why, from the probe.
-    pub reason: String,
-    /// For `exec`: command and timeout.
-    pub exec: Option<(Vec<String>, Duration)>,
-}
-
-/// Why an action failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ActionError {
-    /// This agent cannot perform this kind of action.
-    #[error("{action} is not available: {why}")]
-    Unsupported {
-        /// The action.
-        action: &'static str,
-        /// What is missing.
-        why: String,
-    },
-    /// The action ran and failed.
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// A boxed future returned by executors.
-pub type ActionFuture<'a> = Pin<Box<dyn Future<Output = Result<String, ActionError>> + Send + 'a>>;
-
-/// Carries out actions. Container, VM and pod actions come with their runtimes; the `exec` action
-/// is [`ExecAction`].
-pub trait ActionExecutor: Send + Sync + Debug {
-    /// Performs the action; on success returns what was done.
-    fn execute<'a>(&'a self, request: &'a ActionRequest) -> ActionFuture<'a>;
-}
-
-/// Runs the `exec` action on this host, with the instance described in its environment.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ExecAction;
-
-impl ActionExecutor for ExecAction {
-    fn execute<'a>(&'a self, request: &'a ActionRequest) -> ActionFuture<'a> {
-        Box::pin(async move {
-            let Some((command, timeout)) = &request.exec else {
-                return Err(ActionError::Failed("exec action without a command".to_owned()));
-            };
-            let env = vec![
-                ("VIGIL_INSTANCE_ID".to_owned(), request.instance_id.clone()),
-                ("VIGIL_INSTANCE_NAME".to_owned(), request.instance_name.clone()),
-                ("VIGIL_INSTANCE_KIND".to_owned(), request.instance_kind.as_str().to_owned()),
-                ("VIGIL_CHECK".to_owned(), request.check.to_string()),
-                ("VIGIL_REASON".to_owned(), request.reason.clone()),
-            ];
-            let finished = exec::run(command, &env, *timeout, &mut Trace::new(false))
-                .await
-                .map_err(|e| ActionError::Failed(e.to_string()))?;
-            let output = finished.output_text();
-            let suffix = if output.is_empty() { String::new() } else { format!(": {output}") };
-            match finished.exit {
-                Exit::Code(0) => Ok(format!("command exited 0{suffix}")),
-                Exit::Code(code) => Err(ActionError::Failed(format!("command exited {code}{suffix}"))),
-                Exit::Signal(sig) => {
-                    Err(ActionError::Failed(format!("command killed by signal {sig}{suffix}")))
-                }
-                Exit::TimedOut => Err(ActionError::Failed(format!(
-                    "command still running after {}s; killed",
-                    timeout.as_secs()
-                ))),
-            }
-        })
-    }
-}
-
-/// The executors of one agent, by action kind. A kind without an executor fails with a message
-/// saying what is missing.
-#[derive(Clone, Debug, Default)]
-pub struct Executors {
-    /// `exec`.
-    pub exec: Option<std::sync::Arc<dyn ActionExecutor>>,
-    /// `restartContainer`.
-    pub container: Option<std::sync::Arc<dyn ActionExecutor>>,
-    /// `restartVM`.
-    pub vm: Option<std::sync::Arc<dyn ActionExecutor>>,
-    /// `evictPod`.
-    pub pod: Option<std::sync::Arc<dyn ActionExecutor>>,
-}
-
-impl Executors {
-    /// Runs `request` with the executor of its kind.
-    pub async fn execute(&self, request: &ActionRequest) -> Result<String, ActionError> {
-        let (executor, why) = match request.kind {
-            ActionKind::Exec => (&self.exec, "exec actions are disabled on this agent"),
-            ActionKind::RestartContainer => (&self.container, "this agent has no Docker runtime"),
-            ActionKind::RestartVm => (&self.vm, "this agent has no QEMU runtime"),
-            ActionKind::EvictPod => (&self.pod, "this agent is not connected to Kubernetes"),
-        };
-        match executor {
-            Some(executor) => executor.execute(request).await,
-            None => Err(ActionError::Unsupported { action: request.kind.as_str(), why: why.to_owned() }),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,34 +186,5 @@ mod tests {
         assert!(matches!(mass_failure(Some(Limit::Percent(40)), 2, 4), Some(Decision::MassFailure { .. })));
         let explained = mass_failure(Some(Limit::Percent(40)), 2, 4).unwrap().explain().unwrap();
         assert!(explained.contains("2 of 4") && explained.contains("40%"), "{explained}");
-    }
-
-    #[tokio::test]
-    async fn exec_action_gets_the_instance_in_its_environment() {
-        let request = ActionRequest {
-            kind: ActionKind::Exec,
-            check: CheckKey::new("default", "web"),
-            instance_id: "endpoint-x".into(),
-            instance_name: "x".into(),
-            instance_kind: InstanceKind::Endpoint,
-            reason: "refused".into(),
-            exec: Some((
-                vec!["sh".into(), "-c".into(), "echo $VIGIL_CHECK $VIGIL_INSTANCE_ID $VIGIL_REASON".into()],
-                Duration::from_secs(5),
-            )),
-        };
-        let out = ExecAction.execute(&request).await.unwrap();
-        assert!(out.contains("default/web endpoint-x refused"), "{out}");
-        let failing =
-            ActionRequest { exec: Some((vec!["false".into()], Duration::from_secs(5))), ..request.clone() };
-        assert!(
-            matches!(ExecAction.execute(&failing).await, Err(ActionError::Failed(m)) if m.contains("exited 1"))
-        );
-        let executors = Executors::default();
-        let err = executors
-            .execute(&ActionRequest { kind: ActionKind::RestartContainer, ..request })
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("no Docker runtime"), "{err}");
     }
 }

@@ -1,0 +1,205 @@
+//! The instance registry: every instance the inventory reported, its own System and
+//! Attached-volume details (with the time each became impaired), the host's details shared by
+//! the instances on it, and the remediation book of each.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+
+use super::results::Slots;
+use super::view::{Claims, DetailView, InstanceView, ResultView, Summary};
+use crate::api::{CheckStatus, InstanceKind, InstanceState};
+use crate::engine::remediation::book::Book;
+use crate::engine::state::CheckState;
+use crate::inventory::{Instance, Observation};
+
+/// A detail of a status check, with its impaired time kept across observations.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Detail {
+    pub(super) name: String,
+    pub(super) status: CheckStatus,
+    pub(super) message: String,
+    pub(super) impaired_since: Option<Timestamp>,
+}
+
+impl Detail {
+    fn view(&self) -> DetailView {
+        DetailView {
+            name: self.name.clone(),
+            status: self.status,
+            impaired_since: self.impaired_since,
+            message: Some(self.message.clone()),
+        }
+    }
+}
+
+/// New observations, keeping `impaired_since` of details that stay impaired.
+pub(super) fn merge_details(previous: &[Detail], observed: Vec<Observation>, now: Timestamp) -> Vec<Detail> {
+    observed
+        .into_iter()
+        .map(|o| {
+            let since = if o.status == CheckStatus::Impaired {
+                previous.iter().find(|p| p.name == o.name).and_then(|p| p.impaired_since).or(Some(now))
+            } else {
+                None
+            };
+            Detail { name: o.name, status: o.status, message: o.message, impaired_since: since }
+        })
+        .collect()
+}
+
+/// Whether the statuses differ (messages aside).
+pub(super) fn statuses_differ(a: &[Detail], b: &[Detail]) -> bool {
+    a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.name != y.name || x.status != y.status)
+}
+
+/// The host's own details: its System check, which every instance on it shares, and its
+/// Attached volumes.
+#[derive(Debug, Default)]
+pub(super) struct HostDetails {
+    pub(super) system: Vec<Detail>,
+    pub(super) volumes: Vec<Detail>,
+}
+
+/// Whether an instance's System check includes the host's.
+pub(super) fn uses_host_details(kind: InstanceKind) -> bool {
+    matches!(kind, InstanceKind::Host | InstanceKind::Container | InstanceKind::Vm | InstanceKind::Pod)
+}
+
+#[derive(Debug)]
+pub(super) struct InstanceEntry {
+    pub(super) instance: Instance,
+    /// Its revision in the change feed (0: never marked).
+    pub(super) revision: u64,
+    /// The touch number of its last counters-only change.
+    pub(super) touched_at: u64,
+    /// Whether the System, Instance and Attached-volume checks are impaired (for scrapes).
+    pub(super) failed: [bool; 3],
+    pub(super) first_seen: Timestamp,
+    pub(super) checks: Slots,
+    pub(super) book: Book,
+    /// Check states read back from the state folder, waiting for their check to attach.
+    pub(super) restored_checks: Vec<(String, CheckState)>,
+    /// The instance's own System and Attached-volume details.
+    pub(super) own_system: Vec<Detail>,
+    pub(super) own_volumes: Vec<Detail>,
+}
+
+impl InstanceEntry {
+    pub(super) fn new(instance: Instance, now: Timestamp) -> InstanceEntry {
+        InstanceEntry {
+            revision: 0,
+            touched_at: 0,
+            failed: [false; 3],
+            first_seen: now,
+            checks: Slots::default(),
+            book: Book::default(),
+            restored_checks: Vec::new(),
+            own_system: merge_details(&[], instance.system.clone(), now),
+            own_volumes: merge_details(&[], instance.volumes.clone(), now),
+            instance,
+        }
+    }
+
+    /// Takes what the inventory says now; `false` when nothing changed.
+    pub(super) fn update(&mut self, instance: Instance, now: Timestamp) -> bool {
+        if self.instance == instance {
+            return false;
+        }
+        self.own_system = merge_details(&self.own_system, instance.system.clone(), now);
+        self.own_volumes = merge_details(&self.own_volumes, instance.volumes.clone(), now);
+        self.instance = instance;
+        true
+    }
+
+    /// A restored check state for `check`, if one was saved.
+    pub(super) fn take_restored(&mut self, check: &str) -> Option<CheckState> {
+        let i = self.restored_checks.iter().position(|(k, _)| k == check)?;
+        Some(self.restored_checks.swap_remove(i).1)
+    }
+
+    fn host_system<'a>(&self, host: &'a HostDetails) -> &'a [Detail] {
+        if uses_host_details(self.instance.kind) { &host.system } else { &[] }
+    }
+
+    fn volumes<'a>(&'a self, host: &'a HostDetails) -> &'a [Detail] {
+        if self.instance.kind == InstanceKind::Host { &host.volumes } else { &self.own_volumes }
+    }
+
+    /// Recomputes whether the System, Instance and Attached-volume checks are impaired.
+    pub(super) fn refresh_failed(&mut self, host: &HostDetails) {
+        let impaired = |d: &Detail| d.status == CheckStatus::Impaired;
+        self.failed = [
+            self.host_system(host).iter().chain(&self.own_system).any(impaired),
+            self.checks.iter().any(|(_, slot)| slot.state.status == CheckStatus::Impaired),
+            self.volumes(host).iter().any(impaired),
+        ];
+    }
+
+    /// A copy for readers.
+    pub(super) fn view(&self, host: &HostDetails) -> InstanceView {
+        let summary = |details: Vec<DetailView>| Summary {
+            status: CheckStatus::worst(details.iter().map(|d| d.status)),
+            details,
+        };
+        let system = self.host_system(host).iter().chain(&self.own_system).map(Detail::view).collect();
+        let volumes = self.volumes(host).iter().map(Detail::view).collect();
+        let instance = self
+            .checks
+            .iter()
+            .map(|(key, slot)| DetailView {
+                name: key.to_string(),
+                status: slot.state.status,
+                impaired_since: slot.state.impaired_since,
+                message: match (slot.state.status, slot.state.reason, &slot.state.message) {
+                    (CheckStatus::Ok, _, _) | (_, _, None) => None,
+                    (_, Some(reason), Some(m)) => Some(format!("{reason}: {m}")),
+                    (_, None, Some(m)) => Some(m.clone()),
+                },
+            })
+            .collect();
+        InstanceView {
+            instance: self.instance.clone(),
+            first_seen: self.first_seen,
+            system: summary(system),
+            instance_check: summary(instance),
+            volumes: summary(volumes),
+            checks: self
+                .checks
+                .iter()
+                .map(|(key, slot)| ResultView {
+                    check: key.clone(),
+                    probe: slot.probe,
+                    state: slot.state.clone(),
+                })
+                .collect(),
+            restarts: self.book.count(),
+            recent: self.book.history().cloned().collect(),
+        }
+    }
+}
+
+/// What running instances claim from the host.
+pub(super) fn claims(instances: &HashMap<String, InstanceEntry>) -> Claims {
+    let mut claims = Claims::default();
+    for e in instances.values() {
+        let running = e.instance.state == InstanceState::Running;
+        let bump = |pair: &mut (usize, usize)| {
+            pair.1 += 1;
+            if running {
+                pair.0 += 1;
+            }
+        };
+        bump(&mut claims.all);
+        match e.instance.kind {
+            InstanceKind::Vm => bump(&mut claims.vms),
+            InstanceKind::Container => bump(&mut claims.containers),
+            _ => {}
+        }
+        if let (true, Some(c)) = (running, e.instance.claimed) {
+            claims.cpus += c.cpus;
+            claims.memory_mb += c.memory_mb;
+        }
+    }
+    claims
+}
