@@ -101,7 +101,7 @@ fn print(out: &mut impl Write, what: &str, report: &Report) {
     let (word, detail) = match &report.outcome {
         Outcome::Healthy { message } => ("healthy".to_owned(), message.clone()),
         Outcome::Unhealthy { reason, message } => (format!("unhealthy ({reason})"), message.clone()),
-        Outcome::Unknown { error } => ("could not run".to_owned(), error.clone()),
+        Outcome::Unknown { cause, error } => (format!("could not run ({cause})"), error.clone()),
     };
     let _ = writeln!(out, "{word}  {what}  {detail}  [{}]", human(report.duration));
     for step in &report.steps {

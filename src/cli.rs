@@ -46,16 +46,25 @@ pub enum Command {
     Version,
 }
 
-/// `vigil agent`.
+/// `vigil agent` without a cluster: checks from a folder, status into a folder.
 #[derive(Debug, Clone, clap::Args)]
-pub struct AgentArgs {
-    /// Folder of HealthCheck YAML (standalone mode). Reloaded when files change.
+#[command(next_help_heading = "Standalone")]
+pub struct StandaloneArgs {
+    /// Folder of HealthCheck YAML. Reloaded when files change.
     #[arg(long, env = "VIGIL_CHECKS_DIR")]
     pub checks_dir: PathBuf,
 
-    /// Folder where InstanceStatus and HealthCheck documents are kept (standalone mode).
+    /// Folder where InstanceStatus and HealthCheck documents are kept.
     #[arg(long, env = "VIGIL_STATE_DIR")]
     pub state_dir: PathBuf,
+}
+
+/// `vigil agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Standalone mode.
+    #[command(flatten)]
+    pub standalone: StandaloneArgs,
 
     /// Address of the HTTP API and metrics. Loopback by default.
     #[arg(long, default_value = "127.0.0.1:9733", env = "VIGIL_LISTEN")]

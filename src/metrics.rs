@@ -210,8 +210,8 @@ pub struct TargetSample {
     pub impaired: bool,
     /// Duration of the last probe, seconds.
     pub last_duration: Option<f64>,
-    /// Probes that could not run.
-    pub errors: u64,
+    /// Probes that could not run, by cause.
+    pub errors: Vec<(&'static str, u64)>,
     /// Failed probes by reason.
     pub failures: Vec<(&'static str, u64)>,
     /// Actions taken by result: (action, succeeded, count).
@@ -322,9 +322,9 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "vigil_probe_errors_total",
-        help: "Probes of the target that could not run (insufficient data, never a failure).",
+        help: "Probes of the target that could not run, by cause (no-runtime, runtime-unreachable, ...): insufficient data, never a failure.",
         kind: MetricType::COUNTER,
-        labels: &TARGET_LABELS,
+        labels: &["namespace", "healthcheck", "instance_id", "probe", "cause"],
     },
     Family {
         name: "vigil_restarts_total",
@@ -470,8 +470,9 @@ impl ViewCollector {
                                 }
                             }
                             4 => {
-                                if t.errors > 0 {
-                                    push_series(out, f.name, "", f.labels, &base, t.errors as f64);
+                                for (cause, n) in &t.errors {
+                                    let l = [base[0], base[1], base[2], base[3], cause];
+                                    push_series(out, f.name, "", f.labels, &l, *n as f64);
                                 }
                             }
                             _ => {
@@ -569,7 +570,7 @@ mod tests {
             up: None,
             impaired: false,
             last_duration: None,
-            errors: 0,
+            errors: Vec::new(),
             failures: Vec::new(),
             actions: Vec::new(),
         }
@@ -586,7 +587,7 @@ mod tests {
             up: Some(false),
             impaired: true,
             last_duration: Some(0.002),
-            errors: 0,
+            errors: Vec::new(),
             failures: vec![("refused", 3)],
             actions: vec![("exec", true, 1)],
         };
@@ -628,10 +629,18 @@ mod tests {
             "zero error counters are not emitted, nor their header"
         );
 
-        let quoted = TargetSample { instance_id: "a\"b\\c".into(), ..samples_target() };
+        let quoted = TargetSample {
+            instance_id: "a\"b\\c".into(),
+            errors: vec![("runtime-unreachable", 2)],
+            ..samples_target()
+        };
         let mut text = String::new();
         ViewCollector::new(Arc::new(Fixed(Samples { targets: vec![quoted], ..Samples::default() })))
             .encode(&mut text);
         assert!(text.contains("instance_id=\"a\\\"b\\\\c\""), "{text}");
+        assert!(
+            text.contains("vigil_probe_errors_total{namespace=\"n\",healthcheck=\"h\",instance_id=\"a\\\"b\\\\c\",probe=\"tcp\",cause=\"runtime-unreachable\"} 2"),
+            "{text}"
+        );
     }
 }

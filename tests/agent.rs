@@ -144,7 +144,9 @@ fn a_probe_that_cannot_run_is_insufficient_data_and_never_remediated() {
     assert!(!marker.exists(), "an action ran on a probe that could not run");
     let metrics = agent.get("/metrics").1;
     assert!(
-        metrics.lines().any(|l| l.starts_with("vigil_probe_errors_total") && l.contains("broken")),
+        metrics.lines().any(|l| l.starts_with("vigil_probe_errors_total")
+            && l.contains("broken")
+            && l.contains("cause=\"local-error\"")),
         "{metrics}"
     );
 }

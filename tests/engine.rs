@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use vigil::action::Executors;
-use vigil::api::{HealthCheck, InstanceKind, InstanceState};
+use vigil::api::{CheckStatus, HealthCheck, InstanceKind, InstanceState};
 use vigil::engine::clock::SystemClock;
+use vigil::engine::feed::EngineEvent;
 use vigil::engine::planner::{self, NodeInfo, Sources};
 use vigil::engine::scheduler::{Scheduler, SchedulerConfig};
 use vigil::engine::store::Store;
@@ -36,7 +37,7 @@ impl ContainerRuntime for PanickingRuntime {
     }
 
     fn exec<'a>(&'a self, _: &'a str, _: &'a [String], _: Duration) -> OutcomeFuture<'a> {
-        Box::pin(async { Outcome::unknown("no exec here") })
+        Box::pin(async { Outcome::unknown(vigil::probe::Cause::NoRuntime, "no exec here") })
     }
 }
 
@@ -63,6 +64,7 @@ async fn a_probe_that_panics_is_unknown_counted_and_probed_again() {
     let registry = Registry::new();
     let metrics = AgentMetrics::register(&registry).unwrap();
     let store = Arc::new(Store::new("n1", "default", Arc::new(SystemClock), metrics.clone()));
+    let mut events = store.events();
     let runtime = Arc::new(PanickingRuntime::default());
     let prober = Prober::new().with_containers(runtime.clone());
     let mut scheduler = Scheduler::new(
@@ -109,6 +111,15 @@ async fn a_probe_that_panics_is_unknown_counted_and_probed_again() {
     );
     assert!(entry["consecutiveErrors"].as_u64().unwrap() >= 2, "{entry}");
     assert_eq!(status["restarts"]["count"].as_u64().unwrap_or(0), 0, "an internal error is no reason to act");
+    // Published with its bounded cause, as an Events recorder would read it.
+    let transition = loop {
+        match events.try_recv() {
+            Ok(EngineEvent::Transition { to: CheckStatus::InsufficientData, reason, .. }) => break reason,
+            Ok(_) => continue,
+            Err(e) => panic!("no transition to insufficient-data published: {e}"),
+        }
+    };
+    assert_eq!(transition, Some("internal-error"));
     let panics = metrics.probe_panics.with_label_values(&["docker"]).get();
     assert!(panics >= 3, "{panics} panics counted");
     let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();

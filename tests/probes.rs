@@ -248,7 +248,10 @@ async fn exec_that_cannot_start_is_unknown_not_unhealthy() {
     let report = Prober::new()
         .run(&exec(&["/nonexistent/probe-binary"]), &Target::new("127.0.0.1"), SECOND, false)
         .await;
-    assert_eq!(report.outcome, Outcome::unknown("command not found: /nonexistent/probe-binary"));
+    assert_eq!(
+        report.outcome,
+        Outcome::unknown(vigil::probe::Cause::Local, "command not found: /nonexistent/probe-binary")
+    );
 }
 
 #[tokio::test]

@@ -165,7 +165,7 @@ pub async fn logs(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Q
     let lines = docker.logs(&c.id, tail, follow).map(|line| {
         Ok::<_, Infallible>(match line {
             Ok(line) => Event::default().event("log").json_data(line).unwrap_or_else(|_| Event::default()),
-            Err(e) => Event::default().event("error").data(e),
+            Err(e) => Event::default().event("error").data(e.message()),
         })
     });
     let end = futures_util::stream::once(async { Ok(Event::default().event("end").data("{}")) });

@@ -17,13 +17,13 @@ use std::time::Duration;
 use prometheus::Registry;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::action::{ExecAction, Executors};
-use crate::cli::AgentArgs;
+use crate::cli::{AgentArgs, StandaloneArgs};
 use crate::docker::{DockerRuntime, RestartContainer, StatsConfig};
 use crate::engine::clock::SystemClock;
 use crate::engine::planner::{self, NodeInfo, Sources};
@@ -31,25 +31,35 @@ use crate::engine::scheduler::{Scheduler, SchedulerConfig};
 use crate::engine::store::Store;
 use crate::health::{Health, Readiness, ReadyHandle};
 use crate::http::{self, AccessPolicy, ServerConfig};
-use crate::inventory::Instance;
 use crate::inventory::host::{self, PressureThresholds};
+use crate::inventory::{HostInventory, Inventory};
 use crate::metrics::{AgentMetrics, ViewCollector};
 use crate::probe::Prober;
 use crate::qemu::{QemuConfig, QemuRuntime, RestartVm};
 use crate::report::statedir::{Reporter, StateDir, StateDirError};
-use crate::source::Catalog;
-use crate::source::folder::{self, FolderError, Snapshot};
+use crate::source::folder::{FolderError, FolderSource};
+use crate::source::{Catalog, CheckSource, Snapshot, Update};
+
+/// Where checks come from and where status goes.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "mode", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Mode {
+    /// No cluster: checks from a folder, status into a state folder.
+    Standalone {
+        /// HealthCheck folder.
+        checks_dir: PathBuf,
+        /// State folder.
+        state_dir: PathBuf,
+    },
+}
 
 /// The agent's effective configuration (served by `/v1/host/config`).
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentConfig {
-    /// Mode: `standalone`.
-    pub mode: &'static str,
-    /// HealthCheck folder.
-    pub checks_dir: PathBuf,
-    /// State folder.
-    pub state_dir: PathBuf,
+    /// Where checks come from and where status goes.
+    #[serde(flatten)]
+    pub mode: Mode,
     /// HTTP listener.
     pub listen: SocketAddr,
     /// This node.
@@ -149,8 +159,7 @@ impl AgentConfig {
     /// The configuration the arguments describe.
     pub fn from_args(args: AgentArgs) -> AgentConfig {
         let AgentArgs {
-            checks_dir,
-            state_dir,
+            standalone: StandaloneArgs { checks_dir, state_dir },
             listen,
             node_name,
             node_labels,
@@ -187,9 +196,7 @@ impl AgentConfig {
             host::figures().map(|f| f.hostname).unwrap_or_else(|_| "localhost".to_owned())
         });
         AgentConfig {
-            mode: "standalone",
-            checks_dir,
-            state_dir,
+            mode: Mode::Standalone { checks_dir, state_dir },
             listen,
             node_name,
             node_labels: node_labels.into_iter().collect(),
@@ -231,75 +238,78 @@ fn secs(s: f64) -> Duration {
 /// Turns sources into plans and plans into running workers.
 struct Reconciler {
     catalog: Catalog,
+    /// Whether the source numbers generations itself.
+    keep_generation: bool,
     scheduler: Scheduler,
     store: Arc<Store>,
     node: NodeInfo,
     health: Arc<Health>,
     metrics: AgentMetrics,
     reported: BTreeSet<String>,
-    docker: Option<DockerRuntime>,
-    qemu: QemuRuntime,
+    inventories: Vec<Arc<dyn Inventory>>,
+    /// Released at the first snapshot of the HealthCheck source.
+    checks_loaded: Option<ReadyHandle>,
     startup: Option<StartupSync>,
-    /// Sources that had not listed their instances when start-up gave up waiting.
+    /// Inventories that had not listed their instances when start-up gave up waiting.
     late: Vec<&'static str>,
 }
 
-/// Start-up: the instances restored from the state folder are kept until every inventory source
-/// has listed what it has (or the deadline passed); only then are those that did not reappear
-/// gone. Each source's readiness handle is released at its first listing.
+/// Start-up: the instances restored from the state folder are kept until every inventory has
+/// listed what it has (or the deadline passed); only then are those that did not reappear
+/// gone. Each inventory's readiness handle is released at its first listing.
 struct StartupSync {
     deadline: tokio::time::Instant,
-    docker: Option<ReadyHandle>,
-    vms: Option<ReadyHandle>,
+    /// Handles of the inventories (by index) that have not listed yet.
+    waiting: Vec<(usize, ReadyHandle)>,
 }
 
 impl Reconciler {
     /// Releases what has synced; once everything has (or `timed_out`), finishes the restore.
     fn settle_startup(&mut self, timed_out: bool) {
-        let docker_synced = self.docker.as_ref().is_none_or(DockerRuntime::synced);
-        let vms_synced = self.qemu.synced();
-        if let Some(startup) = self.startup.as_mut() {
-            if docker_synced && let Some(h) = startup.docker.take() {
-                h.release();
+        let synced: Vec<bool> = self.inventories.iter().map(|i| i.synced()).collect();
+        let Some(startup) = self.startup.as_mut() else {
+            if !self.late.is_empty() && synced.iter().all(|s| *s) {
+                self.late.clear();
+                self.health.set("startup", Vec::new());
             }
-            if vms_synced && let Some(h) = startup.vms.take() {
-                h.release();
-            }
-            if !(timed_out || (startup.docker.is_none() && startup.vms.is_none())) {
-                return;
-            }
-            let late: Vec<&'static str> = [startup.docker.take(), startup.vms.take()]
-                .into_iter()
-                .flatten()
-                .map(|h| {
-                    let what = h.what();
-                    h.release();
-                    what
-                })
-                .collect();
-            if !late.is_empty() {
-                let problem = format!(
-                    "not done at start-up: {}; instances saved for it and not seen yet were forgotten",
-                    late.join(", ")
-                );
-                warn!("{problem}");
-                self.health.set("startup", vec![problem]);
-            }
-            self.late = late;
-            self.startup = None;
-            self.store.finish_restore();
-            info!("state restore finished");
-        } else if !self.late.is_empty() && docker_synced && vms_synced {
-            self.late.clear();
-            self.health.set("startup", Vec::new());
+            return;
+        };
+        let (done, waiting): (Vec<_>, Vec<_>) = startup.waiting.drain(..).partition(|(i, _)| synced[*i]);
+        startup.waiting = waiting;
+        for (_, h) in done {
+            h.release();
         }
+        if !(timed_out || startup.waiting.is_empty()) {
+            return;
+        }
+        let late: Vec<&'static str> = startup
+            .waiting
+            .drain(..)
+            .map(|(_, h)| {
+                let what = h.what();
+                h.release();
+                what
+            })
+            .collect();
+        if !late.is_empty() {
+            let problem = format!(
+                "not done at start-up: {}; instances saved for it and not seen yet were forgotten",
+                late.join(", ")
+            );
+            warn!("{problem}");
+            self.health.set("startup", vec![problem]);
+        }
+        self.late = late;
+        self.startup = None;
+        self.store.finish_restore();
+        info!("state restore finished");
     }
 
     fn apply(&mut self, snapshot: Snapshot) {
         let origins: std::collections::BTreeMap<_, _> =
             snapshot.objects.iter().map(|o| (o.key(), o.origin.clone())).collect();
-        let mut problems: Vec<String> = snapshot.errors.iter().map(ToString::to_string).collect();
-        let infos = self.catalog.update(snapshot.objects, false);
+        let mut problems = snapshot.problems;
+        let infos = self.catalog.update(snapshot.objects, self.keep_generation);
         for info in &infos {
             if let Some(invalid) = &info.invalid {
                 let origin = origins.get(&info.key).map(String::as_str).unwrap_or("?");
@@ -316,40 +326,91 @@ impl Reconciler {
         self.health.set("checks", problems);
         self.store.set_checks(infos);
         self.replan();
+        if let Some(handle) = self.checks_loaded.take() {
+            let (checks, instances) = self.store.sizes();
+            info!(checks, instances, "checks loaded");
+            handle.release();
+        }
     }
 
     fn replan(&mut self) {
-        let mut discovered = vec![Instance::host(&self.node.name)];
-        if let Some(docker) = &self.docker {
-            discovered.extend(docker.instances(&self.node.name));
-            let daemon = docker.daemon();
-            let problems = if daemon.reachable {
-                Vec::new()
-            } else {
-                vec![format!("Docker daemon at {} unreachable: {}", docker.socket(), daemon.message)]
-            };
-            self.health.set("docker", problems);
+        let mut discovered = Vec::new();
+        for inventory in &self.inventories {
+            discovered.extend(inventory.instances(&self.node.name));
+            self.health.set(inventory.name(), inventory.problems());
         }
-        discovered.extend(self.qemu.instances(&self.node.name));
-        let sources = Sources { containers: self.docker.is_some(), vms: true, ..Sources::default() };
+        let sources = Sources::of(self.inventories.iter().map(|i| i.kind()));
         let plan = planner::plan(&self.node, &self.catalog.running(), &discovered, sources);
         self.scheduler.apply(plan);
         self.settle_startup(false);
     }
 }
 
-/// Runs the standalone agent until `shutdown` resolves.
+/// Resolves when one of `receivers` changes; a receiver whose sender is gone is dropped.
+async fn any_changed(receivers: &mut Vec<watch::Receiver<u64>>) {
+    loop {
+        if receivers.is_empty() {
+            return std::future::pending().await;
+        }
+        let (result, index, _) =
+            futures_util::future::select_all(receivers.iter_mut().map(|rx| Box::pin(rx.changed()))).await;
+        match result {
+            Ok(()) => return,
+            Err(_) => {
+                receivers.swap_remove(index);
+            }
+        }
+    }
+}
+
+/// Where this mode's checks come from and its status goes.
+struct ModeParts {
+    source: Box<dyn CheckSource>,
+    reporter: Reporter,
+}
+
+/// Opens the state folder and the checks folder, and restores what an earlier run saved.
+fn standalone(
+    checks_dir: &std::path::Path,
+    state_dir: &std::path::Path,
+    config: &AgentConfig,
+    store: &Arc<Store>,
+    health: &Arc<Health>,
+    metrics: &AgentMetrics,
+) -> Result<ModeParts, AgentError> {
+    let dir = StateDir::open(state_dir)?;
+    let saved = dir.load_instances(&config.node_name);
+    for p in &saved.problems {
+        warn!("{p}");
+    }
+    info!(
+        instances = saved.instances.len(),
+        renamed = saved.renamed.len(),
+        dir = %state_dir.display(),
+        "state restored"
+    );
+    store.restore(saved.instances);
+    let source = FolderSource::open(checks_dir, secs(config.rescan_interval_seconds))?;
+    info!(dir = %checks_dir.display(), "checks folder read");
+    let reporter = Reporter::new(
+        dir,
+        store.clone(),
+        health.clone(),
+        metrics.clone(),
+        secs(config.status_refresh_seconds),
+        saved.renamed,
+    );
+    Ok(ModeParts { source: Box::new(source), reporter })
+}
+
+type TaskResult = (&'static str, Result<(), String>);
+
+/// Runs the agent until `shutdown` resolves.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let registry = Registry::new();
     let metrics = AgentMetrics::register(&registry).map_err(AgentError::Metrics)?;
     let health = Health::new();
     let readiness = Readiness::new();
-    let checks_loaded = readiness.handle("checks folder loaded");
-    let startup = StartupSync {
-        deadline: tokio::time::Instant::now() + secs(config.inventory_sync_timeout_seconds),
-        docker: config.docker_socket.as_ref().map(|_| readiness.handle("Docker containers listed")),
-        vms: Some(readiness.handle("VM sockets scanned")),
-    };
     let token = match &config.api_token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -359,23 +420,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         None => None,
     };
 
-    let state_dir = StateDir::open(&config.state_dir)?;
     let store =
         Arc::new(Store::new(&config.node_name, &config.namespace, Arc::new(SystemClock), metrics.clone()));
     let view = Arc::new(ViewCollector::new(store.clone()));
-    let saved = state_dir.load_instances(&config.node_name);
-    for p in &saved.problems {
-        warn!("{p}");
-    }
-    info!(
-        instances = saved.instances.len(),
-        renamed = saved.renamed.len(),
-        dir = %config.state_dir.display(),
-        "state restored"
-    );
-    store.restore(saved.instances);
-    let renamed = saved.renamed;
-    let watched = vec![PathBuf::from("/"), config.state_dir.clone()];
+    let (parts, watched) = match &config.mode {
+        Mode::Standalone { checks_dir, state_dir } => (
+            standalone(checks_dir, state_dir, &config, &store, &health, &metrics)?,
+            vec![PathBuf::from("/"), state_dir.clone()],
+        ),
+    };
     store.set_host_health(host::assess(&config.pressure, &watched));
 
     let docker = match &config.docker_socket {
@@ -385,6 +438,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         None => None,
     };
     let qemu = QemuRuntime::new(config.qemu.clone());
+    let mut inventories: Vec<Arc<dyn Inventory>> = vec![Arc::new(HostInventory)];
     let mut prober = Prober::new().with_vms(Arc::new(qemu.clone()));
     let mut executors = Executors {
         exec: Some(Arc::new(ExecAction)),
@@ -394,7 +448,20 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     if let Some(docker) = &docker {
         prober = prober.with_containers(Arc::new(docker.clone()));
         executors.container = Some(Arc::new(RestartContainer(docker.clone())));
+        inventories.push(Arc::new(docker.clone()));
     }
+    inventories.push(Arc::new(qemu.clone()));
+
+    let checks_loaded = readiness.handle(parts.source.first_sync());
+    let startup = StartupSync {
+        deadline: tokio::time::Instant::now() + secs(config.inventory_sync_timeout_seconds),
+        waiting: inventories
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| !i.synced())
+            .map(|(n, i)| (n, readiness.handle(i.first_sync())))
+            .collect(),
+    };
     let scheduler = Scheduler::new(
         store.clone(),
         prober,
@@ -407,107 +474,117 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         metrics.clone(),
     )
     .map_err(AgentError::ProbeThreads)?;
+    let mut inventory_changes: Vec<watch::Receiver<u64>> =
+        inventories.iter().filter_map(|i| i.changes()).collect();
     let mut reconciler = Reconciler {
         catalog: Catalog::default(),
+        keep_generation: parts.source.numbers_generations(),
         scheduler,
         store: store.clone(),
         node: NodeInfo { name: config.node_name.clone(), labels: config.node_labels.clone() },
         health: health.clone(),
         metrics: metrics.clone(),
         reported: BTreeSet::new(),
-        docker: docker.clone(),
-        qemu: qemu.clone(),
+        inventories,
+        checks_loaded: Some(checks_loaded),
         startup: Some(startup),
         late: Vec::new(),
     };
-    let snapshot = folder::load(&config.checks_dir)?;
-    reconciler.apply(snapshot);
-    let (checks, instances) = store.sizes();
-    info!(checks, instances, dir = %config.checks_dir.display(), "checks loaded");
 
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| AgentError::Listen { addr: config.listen, source })?;
     info!(listen = %config.listen, "serving the HTTP API");
-    checks_loaded.release();
 
     let cancel = CancellationToken::new();
-    let mut tasks: JoinSet<(&'static str, Result<(), String>)> = JoinSet::new();
+    let mut tasks: JoinSet<TaskResult> = JoinSet::new();
 
-    let (snapshots_tx, mut snapshots) = mpsc::channel(4);
-    tasks.spawn(folder_watch(
-        config.checks_dir.clone(),
-        secs(config.rescan_interval_seconds),
-        snapshots_tx,
-        cancel.clone(),
-    ));
+    let (updates_tx, mut updates) = mpsc::channel(4);
+    let source_name = parts.source.name();
+    {
+        let source = parts.source;
+        let span = info_span!("source", name = source.name());
+        let cancel = cancel.clone();
+        tasks.spawn(
+            async move {
+                tokio::select! {
+                    () = source.run(updates_tx) => ("checks source", Err("the source ended".to_owned())),
+                    () = cancel.cancelled() => ("checks source", Ok(())),
+                }
+            }
+            .instrument(span),
+        );
+    }
 
     if let Some(docker) = &docker {
         let (d, c) = (docker.clone(), cancel.clone());
-        tasks.spawn(async move {
-            crate::docker::watch(d, c).await;
-            ("docker watcher", Ok(()))
-        });
+        tasks.spawn(
+            async move {
+                crate::docker::watch(d, c).await;
+                ("docker watcher", Ok(()))
+            }
+            .instrument(info_span!("watcher", inventory = "docker")),
+        );
         let (d, c) = (docker.clone(), cancel.clone());
         let stats = StatsConfig { interval: secs(config.docker_stats_interval_seconds), concurrency: 64 };
-        tasks.spawn(async move {
-            crate::docker::stats::collect(d, stats, c).await;
-            ("container stats", Ok(()))
-        });
+        tasks.spawn(
+            async move {
+                crate::docker::stats::collect(d, stats, c).await;
+                ("container stats", Ok(()))
+            }
+            .instrument(info_span!("stats", inventory = "docker")),
+        );
     }
-    let mut inventory_changed = docker.as_ref().map(DockerRuntime::subscribe);
-    let mut vms_changed = qemu.subscribe();
     {
         let (q, c) = (qemu.clone(), cancel.clone());
         let restarts = metrics.follower_restarts.with_label_values(&["vm"]);
-        tasks.spawn(async move {
-            q.watch(c, restarts).await;
-            ("VM watcher", Ok(()))
-        });
+        tasks.spawn(
+            async move {
+                q.watch(c, restarts).await;
+                ("VM watcher", Ok(()))
+            }
+            .instrument(info_span!("watcher", inventory = "qemu")),
+        );
     }
 
     {
         let cancel = cancel.clone();
         let health = health.clone();
-        tasks.spawn(async move {
-            loop {
-                let startup_deadline = reconciler.startup.as_ref().map(|s| s.deadline);
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = async {
-                        match startup_deadline {
-                            Some(deadline) => tokio::time::sleep_until(deadline).await,
-                            None => std::future::pending().await,
+        tasks.spawn(
+            async move {
+                loop {
+                    let startup_deadline = reconciler.startup.as_ref().map(|s| s.deadline);
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = async {
+                            match startup_deadline {
+                                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                                None => std::future::pending().await,
+                            }
+                        } => {
+                            reconciler.replan();
+                            reconciler.settle_startup(true);
                         }
-                    } => {
-                        reconciler.replan();
-                        reconciler.settle_startup(true);
+                        () = any_changed(&mut inventory_changes) => reconciler.replan(),
+                        got = updates.recv() => match got {
+                            Some(Update::Snapshot(snapshot)) => {
+                                health.set(source_name, Vec::new());
+                                reconciler.apply(snapshot);
+                            }
+                            Some(Update::Failed(problem)) => {
+                                warn!("{problem}");
+                                health.set(source_name, vec![problem]);
+                            }
+                            None => return ("reconciler", Err("the checks source went away".to_owned())),
+                        },
                     }
-                    Some(Ok(())) = async {
-                        match &mut inventory_changed {
-                            Some(rx) => Some(rx.changed().await),
-                            None => None,
-                        }
-                    } => reconciler.replan(),
-                    Ok(()) = vms_changed.changed() => reconciler.replan(),
-                    got = snapshots.recv() => match got {
-                        Some(Ok(snapshot)) => {
-                            health.set("checks folder", Vec::new());
-                            reconciler.apply(snapshot);
-                        }
-                        Some(Err(e)) => {
-                            let problem = format!("{e}: {}; keeping the checks loaded before", error_chain(&e));
-                            warn!("{problem}");
-                            health.set("checks folder", vec![problem]);
-                        }
-                        None => return ("reconciler", Err("the checks watcher went away".to_owned())),
-                    },
                 }
+                // Workers stop here, before the last write.
+                reconciler.scheduler.clear();
+                ("reconciler", Ok(()))
             }
-            // Workers stop here, before the last write.
-            reconciler.scheduler.clear();
-            ("reconciler", Ok(()))
-        });
+            .instrument(info_span!("reconciler")),
+        );
     }
 
     {
@@ -515,37 +592,36 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         let cancel = cancel.clone();
         let pressure = config.pressure.clone();
         let period = secs(config.host_interval_seconds);
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return ("host monitor", Ok(())),
-                    _ = tick.tick() => {}
-                }
-                let (pressure, watched) = (pressure.clone(), watched.clone());
-                match tokio::task::spawn_blocking(move || host::assess(&pressure, &watched)).await {
-                    Ok(h) => store.set_host_health(h),
-                    Err(e) => return ("host monitor", Err(e.to_string())),
+        tasks.spawn(
+            async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return ("host monitor", Ok(())),
+                        _ = tick.tick() => {}
+                    }
+                    let (pressure, watched) = (pressure.clone(), watched.clone());
+                    match tokio::task::spawn_blocking(move || host::assess(&pressure, &watched)).await {
+                        Ok(h) => store.set_host_health(h),
+                        Err(e) => return ("host monitor", Err(e.to_string())),
+                    }
                 }
             }
-        });
+            .instrument(info_span!("host monitor")),
+        );
     }
 
     {
-        let reporter = Reporter::new(
-            state_dir,
-            store.clone(),
-            health.clone(),
-            metrics.clone(),
-            secs(config.status_refresh_seconds),
-            renamed,
-        );
+        let reporter = parts.reporter;
         let cancel = cancel.clone();
-        tasks.spawn(async move {
-            reporter.run(cancel.cancelled_owned()).await;
-            ("state reporter", Ok(()))
-        });
+        tasks.spawn(
+            async move {
+                reporter.run(cancel.cancelled_owned()).await;
+                ("state reporter", Ok(()))
+            }
+            .instrument(info_span!("reporter", to = "state folder")),
+        );
     }
 
     {
@@ -577,10 +653,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         let router = api::router(state, AccessPolicy { token }, config.server.request_timeout);
         let server = config.server;
         let cancel = cancel.clone();
-        tasks.spawn(async move {
-            let result = http::serve(listener, router, server, cancel.cancelled_owned()).await;
-            ("http server", result.map_err(|e| e.to_string()))
-        });
+        tasks.spawn(
+            async move {
+                let result = http::serve(listener, router, server, cancel.cancelled_owned()).await;
+                ("http server", result.map_err(|e| e.to_string()))
+            }
+            .instrument(info_span!("http")),
+        );
     }
 
     tokio::pin!(shutdown);
@@ -611,26 +690,4 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         warn!("some tasks did not stop within 10s");
     }
     outcome
-}
-
-async fn folder_watch(
-    dir: PathBuf,
-    rescan: Duration,
-    tx: mpsc::Sender<Result<Snapshot, FolderError>>,
-    cancel: CancellationToken,
-) -> (&'static str, Result<(), String>) {
-    tokio::select! {
-        () = folder::watch(dir, rescan, tx) => ("checks watcher", Err("the watcher ended".to_owned())),
-        () = cancel.cancelled() => ("checks watcher", Ok(())),
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
 }

@@ -12,7 +12,7 @@ use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 
-use super::engine_message;
+use super::DockerError;
 
 /// One log line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -147,7 +147,7 @@ fn split_timestamp(frame: &[u8]) -> (Option<String>, &[u8]) {
 }
 
 /// A stream of log lines; ends when the container stops (with `follow`) or the logs are read.
-pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogLine, String>> + Send>>;
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogLine, DockerError>> + Send>>;
 
 /// The last `tail` lines (all without), then, with `follow`, new lines as they come.
 ///
@@ -170,13 +170,13 @@ pub fn stream(client: &Docker, id: &str, tail: Option<usize>, follow: bool) -> L
 }
 
 /// How many entries hold the last `n` lines, and how many lines those entries make.
-async fn entries_for(client: &Docker, id: &str, n: usize) -> Result<(usize, usize), String> {
+async fn entries_for(client: &Docker, id: &str, n: usize) -> Result<(usize, usize), DockerError> {
     let mut entries = n.max(1);
     loop {
         let mut frames = client.logs(id, Some(options(Some(entries), false)));
         let (mut splitter, mut out, mut seen) = (LineSplitter::new(true), VecDeque::new(), 0usize);
         while let Some(frame) = frames.next().await {
-            let frame = frame.map_err(|e| engine_message(&e))?;
+            let frame = frame.map_err(DockerError::ReadLogs)?;
             seen += 1;
             splitter.push_frame(&frame, &mut out);
         }
@@ -221,7 +221,7 @@ fn lines(client: &Docker, id: &str, entries: Option<usize>, follow: bool) -> Log
                 Some(Err(e)) => {
                     s.done = true;
                     s.splitter.finish(&mut s.ready);
-                    s.error = Some(engine_message(&e));
+                    s.error = Some(DockerError::ReadLogs(e));
                 }
                 None => {
                     s.done = true;
@@ -237,7 +237,7 @@ struct Lines {
     frames: Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
     splitter: LineSplitter,
     ready: VecDeque<LogLine>,
-    error: Option<String>,
+    error: Option<DockerError>,
     done: bool,
 }
 

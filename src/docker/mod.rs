@@ -25,9 +25,9 @@ use tokio::sync::watch as tokio_watch;
 
 use crate::action::{ActionError, ActionExecutor, ActionFuture, ActionRequest};
 use crate::api::{CheckStatus, InstanceKind, InstanceState};
-use crate::inventory::{Claimed, Instance, Observation, id_for};
+use crate::inventory::{Claimed, Instance, Inventory, Observation, id_for};
 use crate::probe::exec::{Exit, Finished, OUTPUT_LIMIT, judge};
-use crate::probe::{ContainerRuntime, Outcome, OutcomeFuture, Reason};
+use crate::probe::{Cause, ContainerRuntime, Outcome, OutcomeFuture, Reason};
 
 pub use stats::{Resources, StatsConfig};
 pub use watch::watch;
@@ -35,7 +35,7 @@ pub use watch::watch;
 /// Seconds bollard waits for a response's headers (streams are not limited by it).
 const REQUEST_TIMEOUT_SECS: u64 = 30;
 
-/// Why the Docker runtime could not be set up.
+/// What failed talking to the Docker Engine.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     /// The socket could not be used.
@@ -47,6 +47,44 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// The daemon did not answer a ping.
+    #[error("the daemon does not answer")]
+    Ping(#[source] bollard::errors::Error),
+    /// The containers could not be listed.
+    #[error("cannot list the containers")]
+    ListContainers(#[source] bollard::errors::Error),
+    /// The event stream broke.
+    #[error("the event stream broke")]
+    Events(#[source] bollard::errors::Error),
+    /// The event stream ended.
+    #[error("the event stream ended")]
+    EventsEnded,
+    /// An exec could not be created in the container.
+    #[error("cannot create the exec")]
+    CreateExec(#[source] bollard::errors::Error),
+    /// An exec could not be started.
+    #[error("cannot start the exec")]
+    StartExec(#[source] bollard::errors::Error),
+    /// An exec started detached, so its output cannot be read.
+    #[error("the exec started detached")]
+    ExecDetached,
+    /// An exec's result could not be read.
+    #[error("cannot inspect the exec")]
+    InspectExec(#[source] bollard::errors::Error),
+    /// The container's logs could not be read.
+    #[error("cannot read the logs")]
+    ReadLogs(#[source] bollard::errors::Error),
+}
+
+impl DockerError {
+    /// What failed and what the Engine said, on one line.
+    pub fn message(&self) -> String {
+        use std::error::Error;
+        match self.source().and_then(|s| s.downcast_ref::<bollard::errors::Error>()) {
+            Some(engine) => format!("{self}: {}", engine_message(engine)),
+            None => self.to_string(),
+        }
+    }
 }
 
 /// A container's run state, as Docker names it.
@@ -228,10 +266,10 @@ impl Container {
                             ),
                         )
                     }
-                    other => Outcome::unknown(format!("HEALTHCHECK {other}: no verdict yet")),
+                    other => Outcome::unknown(Cause::Pending, format!("HEALTHCHECK {other}: no verdict yet")),
                 },
             },
-            RunState::Paused => Outcome::unknown("paused"),
+            RunState::Paused => Outcome::unknown(Cause::Paused, "paused"),
             state => Outcome::unhealthy(Reason::NotRunning, self.not_running_message(state)),
         }
     }
@@ -431,7 +469,7 @@ impl DockerRuntime {
         container: String,
         command: Vec<String>,
         timeout: Duration,
-    ) -> Result<Finished, String> {
+    ) -> Result<Finished, DockerError> {
         let created = client
             .create_exec(
                 &container,
@@ -443,14 +481,14 @@ impl DockerRuntime {
                 },
             )
             .await
-            .map_err(|e| format!("cannot create the exec: {}", engine_message(&e)))?;
+            .map_err(DockerError::CreateExec)?;
         let exec_id = created.id;
         let started = client
             .start_exec(&exec_id, Some(StartExecOptions { detach: false, ..StartExecOptions::default() }))
             .await
-            .map_err(|e| format!("cannot start the exec: {}", engine_message(&e)))?;
+            .map_err(DockerError::StartExec)?;
         let StartExecResults::Attached { mut output, .. } = started else {
-            return Err("the exec started detached".to_owned());
+            return Err(DockerError::ExecDetached);
         };
         let mut kept = Vec::new();
         let mut dropped = 0usize;
@@ -471,7 +509,7 @@ impl DockerRuntime {
                     (Some(false), Some(code)) => Exit::Code(i32::try_from(code).unwrap_or(i32::MAX)),
                     _ => Exit::TimedOut,
                 },
-                Err(e) => return Err(format!("cannot inspect the exec: {}", engine_message(&e))),
+                Err(e) => return Err(DockerError::InspectExec(e)),
             }
         } else {
             // The Engine API cannot stop an exec; its process is ours to kill, through its pid
@@ -491,23 +529,28 @@ impl ContainerRuntime for DockerRuntime {
     fn health(&self, container: &str) -> Outcome {
         let index = self.read();
         if !index.daemon.reachable {
-            return Outcome::unknown(format!("the Docker daemon does not answer: {}", index.daemon.message));
+            return Outcome::unknown(
+                Cause::RuntimeUnreachable,
+                format!("the Docker daemon does not answer: {}", index.daemon.message),
+            );
         }
         match index.containers.get(container) {
             Some(c) => c.verdict(),
-            None => Outcome::unknown("the container is gone"),
+            None => Outcome::unknown(Cause::Gone, "the container is gone"),
         }
     }
 
     fn unreachable(&self, container: &str) -> Option<Outcome> {
         let index = self.read();
         let Some(c) = index.containers.get(container) else {
-            return Some(Outcome::unknown("the container is gone"));
+            return Some(Outcome::unknown(Cause::Gone, "the container is gone"));
         };
         match c.state {
             RunState::Running if c.ip.is_some() => None,
-            RunState::Running => Some(Outcome::unknown("the container has no IP address (network mode?)")),
-            RunState::Paused => Some(Outcome::unknown("paused")),
+            RunState::Running => {
+                Some(Outcome::unknown(Cause::NoAddress, "the container has no IP address (network mode?)"))
+            }
+            RunState::Paused => Some(Outcome::unknown(Cause::Paused, "paused")),
             state => Some(Outcome::unhealthy(Reason::NotRunning, c.not_running_message(state))),
         }
     }
@@ -515,13 +558,13 @@ impl ContainerRuntime for DockerRuntime {
     fn exec<'a>(&'a self, container: &'a str, command: &'a [String], timeout: Duration) -> OutcomeFuture<'a> {
         Box::pin(async move {
             if !self.read().daemon.reachable {
-                return Outcome::unknown("the Docker daemon does not answer");
+                return Outcome::unknown(Cause::RuntimeUnreachable, "the Docker daemon does not answer");
             }
             let work = Self::exec_in(self.client.clone(), container.to_owned(), command.to_vec(), timeout);
             match self.on_main(work).await {
                 Ok(Ok(finished)) => judge(&finished, timeout, "killed"),
-                Ok(Err(e)) => Outcome::unknown(e),
-                Err(e) => Outcome::unknown(format!("internal error: {e}")),
+                Ok(Err(e)) => Outcome::unknown(Cause::RuntimeUnreachable, e.message()),
+                Err(e) => Outcome::unknown(Cause::Internal, format!("internal error: {e}")),
             }
         })
     }
@@ -623,6 +666,41 @@ pub fn engine_message(e: &bollard::errors::Error) -> String {
             format!("{message} (HTTP {status_code})")
         }
         other => other.to_string(),
+    }
+}
+
+impl Inventory for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn first_sync(&self) -> &'static str {
+        "Docker containers listed"
+    }
+
+    fn kind(&self) -> InstanceKind {
+        InstanceKind::Container
+    }
+
+    fn instances(&self, node: &str) -> Vec<Instance> {
+        DockerRuntime::instances(self, node)
+    }
+
+    fn synced(&self) -> bool {
+        DockerRuntime::synced(self)
+    }
+
+    fn changes(&self) -> Option<tokio_watch::Receiver<u64>> {
+        Some(self.subscribe())
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let daemon = self.daemon();
+        if daemon.reachable {
+            Vec::new()
+        } else {
+            vec![format!("Docker daemon at {} unreachable: {}", self.socket, daemon.message)]
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Container, DockerRuntime, HealthRun, HealthState, Mount, RunState, engine_message};
+use super::{Container, DockerError, DockerRuntime, HealthRun, HealthState, Mount, RunState, engine_message};
 use crate::api::CheckStatus;
 use crate::inventory::{Claimed, Observation};
 
@@ -29,8 +29,8 @@ pub async fn watch(docker: DockerRuntime, cancel: CancellationToken) {
             r = follow(&docker) => r,
         };
         let message = match outcome {
-            Ok(()) => "the event stream ended".to_owned(),
-            Err(e) => e,
+            Ok(()) => DockerError::EventsEnded.message(),
+            Err(e) => e.message(),
         };
         let was_reachable = {
             let mut index = docker.write();
@@ -54,9 +54,9 @@ pub async fn watch(docker: DockerRuntime, cancel: CancellationToken) {
     }
 }
 
-async fn follow(docker: &DockerRuntime) -> Result<(), String> {
+async fn follow(docker: &DockerRuntime) -> Result<(), DockerError> {
     let client = &docker.client;
-    client.ping().await.map_err(|e| engine_message(&e))?;
+    client.ping().await.map_err(DockerError::Ping)?;
     // Events since just before the listing: whatever happens while listing is replayed, and an
     // event seen twice only costs an inspect.
     let since = (Timestamp::now().as_second() - 1).to_string();
@@ -67,7 +67,7 @@ async fn follow(docker: &DockerRuntime) -> Result<(), String> {
     let listed = client
         .list_containers(Some(ListContainersOptionsBuilder::default().all(true).build()))
         .await
-        .map_err(|e| engine_message(&e))?;
+        .map_err(DockerError::ListContainers)?;
     let ids: Vec<String> = listed.into_iter().filter_map(|c| c.id).collect();
     let inspected: Vec<Option<ContainerInspectResponse>> = futures_util::stream::iter(ids)
         .map(|id| async move { client.inspect_container(&id, None).await.ok() })
@@ -95,7 +95,7 @@ async fn follow(docker: &DockerRuntime) -> Result<(), String> {
     docker.bump();
 
     while let Some(event) = events.next().await {
-        let event = event.map_err(|e| engine_message(&e))?;
+        let event = event.map_err(DockerError::Events)?;
         apply(docker, event).await;
     }
     Ok(())

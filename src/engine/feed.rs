@@ -128,7 +128,7 @@ pub enum EngineEvent {
         from: crate::api::CheckStatus,
         /// Status now.
         to: crate::api::CheckStatus,
-        /// The probe's bounded reason, when it failed.
+        /// The probe's bounded failure reason or, when it could not run, its cause.
         reason: Option<&'static str>,
         /// What the probe saw.
         message: Option<String>,

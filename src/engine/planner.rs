@@ -29,6 +29,21 @@ pub struct Sources {
     pub pods: bool,
 }
 
+impl Sources {
+    /// The sources of inventories listing these kinds.
+    pub fn of(kinds: impl IntoIterator<Item = InstanceKind>) -> Sources {
+        kinds.into_iter().fold(Sources::default(), |mut s, kind| {
+            match kind {
+                InstanceKind::Container => s.containers = true,
+                InstanceKind::Vm => s.vms = true,
+                InstanceKind::Pod => s.pods = true,
+                InstanceKind::Host | InstanceKind::Endpoint => {}
+            }
+            s
+        })
+    }
+}
+
 /// One check on one instance.
 #[derive(Clone, Debug)]
 pub struct Assignment {

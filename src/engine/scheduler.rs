@@ -22,7 +22,7 @@ use super::store::Store;
 use crate::action::Executors;
 use crate::metrics::AgentMetrics;
 use crate::model::{CheckDef, CheckKey};
-use crate::probe::{Outcome, ProbeSpec, Prober, Report, Target};
+use crate::probe::{Cause, Outcome, ProbeSpec, Prober, Report, Target};
 
 /// Limits of the scheduler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,12 +219,18 @@ impl Scheduler {
                     }
                     None => (None, self.shared.epoch),
                 };
-                let worker = run_worker(
-                    self.shared.clone(),
-                    a.check.clone(),
-                    a.instance_id.clone(),
-                    a.target.clone(),
-                    epoch,
+                // A debug span: one per (check, instance) would cost memory per check at info
+                // level, and the worker's own events name both anyway.
+                let span = tracing::debug_span!("worker", check = %a.check.key, instance = %a.instance_id);
+                let worker = tracing::Instrument::instrument(
+                    run_worker(
+                        self.shared.clone(),
+                        a.check.clone(),
+                        a.instance_id.clone(),
+                        a.target.clone(),
+                        epoch,
+                    ),
+                    span,
                 );
                 AbortOnDrop(match handle {
                     Some(handle) => handle.spawn(worker),
@@ -329,7 +335,10 @@ async fn run_worker(
                     let message = crate::supervise::panic_message(panic.as_ref());
                     warn!(check = %check.key, instance = %instance_id, "the probe panicked: {message}");
                     Report {
-                        outcome: Outcome::unknown(format!("internal error: the probe panicked: {message}")),
+                        outcome: Outcome::unknown(
+                            Cause::Internal,
+                            format!("internal error: the probe panicked: {message}"),
+                        ),
                         duration: started.elapsed(),
                         steps: Vec::new(),
                     }

@@ -122,7 +122,7 @@ impl CheckState {
                 self.last_outcome = Some(LastOutcome::Unhealthy);
                 (self.consecutive_failures >= t.failure).then_some(CheckStatus::Impaired)
             }
-            Outcome::Unknown { error } => {
+            Outcome::Unknown { error, .. } => {
                 self.consecutive_errors = self.consecutive_errors.saturating_add(1);
                 self.set_message(error);
                 self.last_outcome = Some(LastOutcome::Unknown);
@@ -204,7 +204,7 @@ mod tests {
     }
 
     fn unknown() -> Outcome {
-        Outcome::unknown("command not found: nope")
+        Outcome::unknown(crate::probe::Cause::Local, "command not found: nope")
     }
 
     #[test]

@@ -6,10 +6,67 @@
 pub mod host;
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use tokio::sync::watch;
 
 use crate::api::{InstanceKind, InstanceState};
 
 pub use host::Observation;
+
+/// A source of instances on this node: the host itself, the Docker containers, the QEMU VMs, and
+/// in a cluster the pods. The agent plans over the union of what its inventories list, replans
+/// when one of them changes, and finishes restoring saved state once each has listed what it has.
+pub trait Inventory: Send + Sync + Debug {
+    /// Short name, for health reasons and logs (`docker`).
+    fn name(&self) -> &'static str;
+    /// What readiness waits for until the first complete listing (`Docker containers listed`).
+    fn first_sync(&self) -> &'static str;
+    /// The kind of instances it lists.
+    fn kind(&self) -> InstanceKind;
+    /// Its instances now, as observed from `node`.
+    fn instances(&self, node: &str) -> Vec<Instance>;
+    /// Whether its first complete listing is done.
+    fn synced(&self) -> bool;
+    /// Changes whenever its instances may have changed; `None` when they never do.
+    fn changes(&self) -> Option<watch::Receiver<u64>>;
+    /// What is wrong with it now (its daemon unreachable…), for `/v1/health`.
+    fn problems(&self) -> Vec<String>;
+}
+
+/// The node itself: always one instance, listed from the start.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostInventory;
+
+impl Inventory for HostInventory {
+    fn name(&self) -> &'static str {
+        "host"
+    }
+
+    fn first_sync(&self) -> &'static str {
+        "host listed"
+    }
+
+    fn kind(&self) -> InstanceKind {
+        InstanceKind::Host
+    }
+
+    fn instances(&self, node: &str) -> Vec<Instance> {
+        vec![Instance::host(node)]
+    }
+
+    fn synced(&self) -> bool {
+        true
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
 
 /// Resources an instance claims from the host (vCPUs and memory of a VM, a container's limits).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

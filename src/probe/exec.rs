@@ -12,7 +12,7 @@ use std::time::Duration;
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::AsyncReadExt;
 
-use super::{Outcome, Reason, Target, Trace, human};
+use super::{Cause, Outcome, Reason, Target, Trace, human};
 
 /// Bytes of output kept.
 pub const OUTPUT_LIMIT: usize = 4096;
@@ -92,7 +92,7 @@ pub enum RunError {
 
 pub(crate) async fn probe(spec: &ExecSpec, target: &Target, timeout: Duration, trace: &mut Trace) -> Outcome {
     match run(&spec.command, &target.env, timeout, trace).await {
-        Err(e) => Outcome::unknown(e.to_string()),
+        Err(e) => Outcome::unknown(Cause::Local, e.to_string()),
         Ok(finished) => judge(&finished, timeout, "process group killed"),
     }
 }

@@ -19,7 +19,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use super::net::ResetOnClose;
 use super::tls::{Alpn, TlsConfigs, server_name};
-use super::{Outcome, PortRef, Reason, Target, Trace, effective_port, net};
+use super::{Cause, Outcome, PortRef, Reason, Target, Trace, effective_port, net};
 
 /// A validated gRPC health probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub(crate) async fn probe(
 ) -> Outcome {
     let port = match effective_port(target, spec.port.as_ref(), None) {
         Ok(port) => port,
-        Err(e) => return Outcome::unknown(e),
+        Err(e) => return Outcome::unknown(Cause::Misconfigured, e),
     };
     let host = net::bare_host(&target.host);
     let addrs = match net::resolve(host, port, target.policy, trace).await {
@@ -57,11 +57,11 @@ pub(crate) async fn probe(
     let stream = if spec.tls {
         let config = match tls.get(Alpn::H2, spec.insecure_skip_verify) {
             Ok(config) => config,
-            Err(e) => return Outcome::unknown(e),
+            Err(e) => return Outcome::unknown(Cause::Local, e),
         };
         let name = match server_name(host) {
             Ok(name) => name,
-            Err(e) => return Outcome::unknown(e),
+            Err(e) => return Outcome::unknown(Cause::Misconfigured, e),
         };
         match TlsConnector::from(config).connect(name, stream).await {
             Ok(stream) => {
@@ -81,11 +81,13 @@ pub(crate) async fn probe(
     let scheme = if spec.tls { "https" } else { "http" };
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("{scheme}://{authority}")) {
         Ok(endpoint) => endpoint,
-        Err(e) => return Outcome::unknown(format!("invalid gRPC address {authority}: {e}")),
+        Err(e) => {
+            return Outcome::unknown(Cause::Misconfigured, format!("invalid gRPC address {authority}: {e}"));
+        }
     };
     let endpoint = match endpoint.user_agent(user_agent.clone()) {
         Ok(endpoint) => endpoint,
-        Err(e) => return Outcome::unknown(format!("invalid user agent: {e}")),
+        Err(e) => return Outcome::unknown(Cause::Local, format!("invalid user agent: {e}")),
     };
     // tonic asks its connector for a stream; hand it the one made above, once.
     let slot = Arc::new(Mutex::new(Some(stream)));

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
 use super::tls::{Alpn, TlsConfigs, server_name};
-use super::{Outcome, PortRef, Reason, Target, Trace, effective_port, net};
+use super::{Cause, Outcome, PortRef, Reason, Target, Trace, effective_port, net};
 
 /// Redirects followed at most.
 pub const MAX_REDIRECTS: usize = 10;
@@ -186,7 +186,7 @@ pub(crate) async fn probe(
     let default_port = if spec.tls { 443 } else { 80 };
     let port = match effective_port(target, spec.port.as_ref(), Some(default_port)) {
         Ok(port) => port,
-        Err(e) => return Outcome::unknown(e),
+        Err(e) => return Outcome::unknown(Cause::Misconfigured, e),
     };
     let mut url =
         Url { tls: spec.tls, host: net::bare_host(&target.host).to_owned(), port, path: spec.path.clone() };
@@ -286,8 +286,9 @@ async fn exchange(
     let request = request_bytes(url, spec, user_agent);
     let read_body = spec.body.is_some();
     if url.tls {
-        let config = tls.get(Alpn::Http1, spec.insecure_skip_verify).map_err(Outcome::unknown)?;
-        let name = server_name(&url.host).map_err(Outcome::unknown)?;
+        let config =
+            tls.get(Alpn::Http1, spec.insecure_skip_verify).map_err(|e| Outcome::unknown(Cause::Local, e))?;
+        let name = server_name(&url.host).map_err(|e| Outcome::unknown(Cause::Misconfigured, e))?;
         let mut stream = match TlsConnector::from(config).connect(name, stream).await {
             Ok(stream) => stream,
             Err(e) => {

@@ -36,6 +36,8 @@ pub enum Outcome {
     },
     /// The probe could not be run; nothing is known about the target.
     Unknown {
+        /// Why, from a fixed set.
+        cause: Cause,
         /// What went wrong on our side.
         error: String,
     },
@@ -53,8 +55,8 @@ impl Outcome {
     }
 
     /// An outcome for a probe that could not run.
-    pub fn unknown(error: impl Into<String>) -> Outcome {
-        Outcome::Unknown { error: error.into() }
+    pub fn unknown(cause: Cause, error: impl Into<String>) -> Outcome {
+        Outcome::Unknown { cause, error: error.into() }
     }
 
     /// `healthy`, `unhealthy` or `unknown`.
@@ -70,7 +72,17 @@ impl Outcome {
     pub fn message(&self) -> &str {
         match self {
             Outcome::Healthy { message } | Outcome::Unhealthy { message, .. } => message,
-            Outcome::Unknown { error } => error,
+            Outcome::Unknown { error, .. } => error,
+        }
+    }
+
+    /// The bounded reason or cause, for a metric label or an Event reason: the failure reason
+    /// of an unhealthy outcome, the cause of an unknown one.
+    pub fn label(&self) -> Option<&'static str> {
+        match self {
+            Outcome::Healthy { .. } => None,
+            Outcome::Unhealthy { reason, .. } => Some(reason.as_str()),
+            Outcome::Unknown { cause, .. } => Some(cause.as_str()),
         }
     }
 
@@ -161,6 +173,75 @@ impl Reason {
     /// Parses a label value back (used when state is restored from disk).
     pub fn parse(s: &str) -> Option<Reason> {
         ALL_REASONS.iter().copied().find(|r| r.as_str() == s)
+    }
+}
+
+/// Why a probe could not run. A closed set, so that it can label metrics and Events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cause {
+    /// This agent has no runtime for the probe (no Docker socket, no QEMU).
+    NoRuntime,
+    /// The probe does not fit its target (a `qmp` probe on containers, a named port outside a
+    /// pod, a link-local address not allowed).
+    Misconfigured,
+    /// The target has no address to probe yet.
+    NoAddress,
+    /// The runtime that answers for the target does not (the Docker daemon, QMP).
+    RuntimeUnreachable,
+    /// The VM's guest agent is absent or has never answered.
+    NoGuestAgent,
+    /// The instance is gone.
+    Gone,
+    /// Paused by its owner.
+    Paused,
+    /// No verdict yet (a HEALTHCHECK that has not run, a run state not read yet).
+    Pending,
+    /// Something on this host failed (a command could not start, a socket could not be made).
+    Local,
+    /// A fault in vigil itself (a probe that panicked).
+    Internal,
+}
+
+impl Cause {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::NoRuntime => "no-runtime",
+            Cause::Misconfigured => "misconfigured",
+            Cause::NoAddress => "no-address",
+            Cause::RuntimeUnreachable => "runtime-unreachable",
+            Cause::NoGuestAgent => "no-guest-agent",
+            Cause::Gone => "gone",
+            Cause::Paused => "paused",
+            Cause::Pending => "pending",
+            Cause::Local => "local-error",
+            Cause::Internal => "internal-error",
+        }
+    }
+
+    /// Parses a label value back.
+    pub fn parse(s: &str) -> Option<Cause> {
+        ALL_CAUSES.iter().copied().find(|c| c.as_str() == s)
+    }
+}
+
+/// Every cause, for parsing and documentation.
+pub const ALL_CAUSES: &[Cause] = &[
+    Cause::NoRuntime,
+    Cause::Misconfigured,
+    Cause::NoAddress,
+    Cause::RuntimeUnreachable,
+    Cause::NoGuestAgent,
+    Cause::Gone,
+    Cause::Paused,
+    Cause::Pending,
+    Cause::Local,
+    Cause::Internal,
+];
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -399,7 +480,7 @@ impl Prober {
         let deadline = tokio::time::Instant::now() + timeout;
         let runtime = || {
             self.containers.as_ref().ok_or_else(|| {
-                Outcome::unknown("this agent has no Docker runtime (see --docker-socket)".to_owned())
+                Outcome::unknown(Cause::NoRuntime, "this agent has no Docker runtime (see --docker-socket)")
             })
         };
         let outcome = match (spec, &target.container) {
@@ -416,20 +497,26 @@ impl Prober {
                 Err(outcome) => outcome,
             },
             (ProbeSpec::Docker, None) => {
-                Outcome::unknown("the docker probe applies to containers targets only")
+                Outcome::unknown(Cause::Misconfigured, "the docker probe applies to containers targets only")
             }
             (ProbeSpec::Qmp(qmp), _) => match (&self.vms, &target.vm) {
                 (Some(rt), Some(vm)) => rt.qmp(vm, qmp, timeout).await,
-                (None, _) => Outcome::unknown("this agent has no QEMU runtime (see --vm-socket-glob)"),
-                (_, None) => Outcome::unknown("the qmp probe applies to vms targets only"),
+                (None, _) => Outcome::unknown(
+                    Cause::NoRuntime,
+                    "this agent has no QEMU runtime (see --vm-socket-glob)",
+                ),
+                (_, None) => {
+                    Outcome::unknown(Cause::Misconfigured, "the qmp probe applies to vms targets only")
+                }
             },
-            _ if target.host.is_empty() && target.vm.is_some() => {
-                Outcome::unknown("the VM's address is not known yet (the guest agent reports it)")
-            }
+            _ if target.host.is_empty() && target.vm.is_some() => Outcome::unknown(
+                Cause::NoAddress,
+                "the VM's address is not known yet (the guest agent reports it)",
+            ),
             (_, Some(container)) if target.host.is_empty() => match runtime() {
-                Ok(rt) => rt
-                    .unreachable(container)
-                    .unwrap_or_else(|| Outcome::unknown("the container has no IP address to probe")),
+                Ok(rt) => rt.unreachable(container).unwrap_or_else(|| {
+                    Outcome::unknown(Cause::NoAddress, "the container has no IP address to probe")
+                }),
                 Err(outcome) => outcome,
             },
             _ => match tokio::time::timeout_at(deadline, self.run_network(spec, target, &mut trace)).await {
@@ -446,9 +533,11 @@ impl Prober {
             ProbeSpec::Tcp(tcp) => tcp::probe(tcp, target, trace).await,
             ProbeSpec::Grpc(grpc) => grpc::probe(grpc, target, &self.tls, &self.user_agent, trace).await,
             ProbeSpec::Exec(_) | ProbeSpec::Docker => {
-                Outcome::unknown("internal error: a runtime probe on the network path")
+                Outcome::unknown(Cause::Internal, "internal error: a runtime probe on the network path")
             }
-            ProbeSpec::Qmp(_) => Outcome::unknown("internal error: a runtime probe on the network path"),
+            ProbeSpec::Qmp(_) => {
+                Outcome::unknown(Cause::Internal, "internal error: a runtime probe on the network path")
+            }
         }
     }
 }

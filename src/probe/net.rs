@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{Outcome, Reason, Trace};
+use super::{Cause, Outcome, Reason, Trace};
 
 /// Which addresses a probe may connect to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,9 +75,12 @@ pub(crate) async fn resolve(
         if addrs.is_empty() {
             return Err(Outcome::unhealthy(Reason::Dns, format!("{bare} resolves to no address")));
         }
-        return Err(Outcome::unknown(format!(
-            "{bare} is a link-local address (cloud metadata range); refused unless the target sets allowLinkLocal"
-        )));
+        return Err(Outcome::unknown(
+            Cause::Misconfigured,
+            format!(
+                "{bare} is a link-local address (cloud metadata range); refused unless the target sets allowLinkLocal"
+            ),
+        ));
     }
     Ok(permitted)
 }
@@ -85,7 +88,8 @@ pub(crate) async fn resolve(
 /// Connects to the first address that accepts, with probe socket options set.
 pub(crate) async fn connect(addrs: &[SocketAddr], trace: &mut Trace) -> Result<TcpStream, Outcome> {
     let socket = connect_socket(addrs, trace).await?;
-    TcpStream::from_std(socket).map_err(|e| Outcome::unknown(format!("cannot register the connection: {e}")))
+    TcpStream::from_std(socket)
+        .map_err(|e| Outcome::unknown(Cause::Local, format!("cannot register the connection: {e}")))
 }
 
 /// Connects like [`connect`], without handing the socket to the runtime: for probes that only
@@ -109,7 +113,7 @@ pub(crate) async fn connect_socket(
             trace.step("connect", || format!("{addr}: {e}"));
             Err(Outcome::unhealthy(io_reason(&e), format!("connect to {addr}: {e}")))
         }
-        None => Err(Outcome::unknown("no address to connect to")),
+        None => Err(Outcome::unknown(Cause::NoAddress, "no address to connect to")),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The TCP prober: healthy when a connection is accepted. The socket is closed at once with a
 //! zero linger, so nothing is left in TIME-WAIT.
 
-use super::{Outcome, PortRef, Target, Trace, effective_port, net};
+use super::{Cause, Outcome, PortRef, Target, Trace, effective_port, net};
 
 /// A validated TCP probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,7 +13,7 @@ pub struct TcpSpec {
 pub(crate) async fn probe(spec: &TcpSpec, target: &Target, trace: &mut Trace) -> Outcome {
     let port = match effective_port(target, spec.port.as_ref(), None) {
         Ok(port) => port,
-        Err(e) => return Outcome::unknown(e),
+        Err(e) => return Outcome::unknown(Cause::Misconfigured, e),
     };
     let addrs = match net::resolve(&target.host, port, target.policy, trace).await {
         Ok(addrs) => addrs,

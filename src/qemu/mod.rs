@@ -26,15 +26,58 @@ use tokio::runtime::Handle;
 use tokio::sync::watch as tokio_watch;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::action::{ActionError, ActionExecutor, ActionFuture, ActionRequest};
 use crate::api::{CheckStatus, InstanceKind, InstanceState};
-use crate::inventory::{Claimed, Instance, Observation, id_for};
-use crate::probe::{Outcome, OutcomeFuture, QmpSpec, Reason, VmRuntime};
+use crate::inventory::{Claimed, Instance, Inventory, Observation, id_for};
+use crate::probe::{Cause, Outcome, OutcomeFuture, QmpSpec, Reason, VmRuntime};
 use crate::supervise::Followers;
 
 type Service = QapiService<QmpStreamTokio<WriteHalf<UnixStream>>>;
+
+/// What failed in a QMP session.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    /// The socket could not be opened.
+    #[error("cannot connect")]
+    Connect(#[source] std::io::Error),
+    /// Nothing was said on connect (QMP serves one client: another may hold it).
+    #[error("no QMP greeting within 5s (another client connected?)")]
+    NoGreeting,
+    /// What was said on connect is not a QMP greeting.
+    #[error("not a QMP greeting")]
+    Greeting(#[source] std::io::Error),
+    /// Capabilities negotiation took too long.
+    #[error("QMP negotiation timed out")]
+    NegotiationTimeout,
+    /// Capabilities negotiation failed.
+    #[error("QMP negotiation failed")]
+    Negotiate(#[source] std::io::Error),
+    /// The event stream failed.
+    #[error("QMP stream")]
+    Stream(#[source] std::io::Error),
+    /// `query-status` failed.
+    #[error("query-status")]
+    QueryStatus(#[source] qapi::ExecuteError),
+    /// The connection closed.
+    #[error("QMP connection closed")]
+    Closed,
+}
+
+impl QmpError {
+    /// What failed and why, on one line.
+    pub fn message(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
+    }
+}
 
 /// Where VMs are looked for, and how they are restarted.
 #[derive(Clone, Debug, Serialize)]
@@ -269,7 +312,9 @@ impl QemuRuntime {
                 () = cancel.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            tasks.revive(tokio::time::Instant::now(), |path| self.clone().follow_vm(path.clone()));
+            tasks.revive(tokio::time::Instant::now(), |path| {
+                self.clone().follow_vm(path.clone()).instrument(follower_span(path))
+            });
             let found = find_sockets(&self.config.socket_globs);
             let gone: Vec<PathBuf> = tasks.keys().filter(|p| !found.contains(*p)).cloned().collect();
             for path in gone {
@@ -286,7 +331,8 @@ impl QemuRuntime {
                 info!(socket = %path.display(), "VM found");
                 self.write().vms.insert(path.clone(), new_vm(&path));
                 self.bump();
-                tasks.start(path.clone(), self.clone().follow_vm(path));
+                let span = follower_span(&path);
+                tasks.start(path.clone(), self.clone().follow_vm(path).instrument(span));
             }
             if !self.synced.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 info!(vms = tasks.len(), "VM sockets scanned");
@@ -312,8 +358,8 @@ impl QemuRuntime {
             let result = self.session(&socket).await;
             self.services.write().unwrap_or_else(|e| e.into_inner()).remove(&socket);
             let message = match result {
-                Ok(()) => "QMP connection closed".to_owned(),
-                Err(e) => e,
+                Ok(()) => QmpError::Closed.message(),
+                Err(e) => e.message(),
             };
             debug!(socket = %socket.display(), "QMP: {message}");
             self.update(&socket, |vm| {
@@ -325,32 +371,31 @@ impl QemuRuntime {
         }
     }
 
-    async fn session(&self, socket: &Path) -> Result<(), String> {
-        let stream = UnixStream::connect(socket).await.map_err(|e| format!("cannot connect: {e}"))?;
+    async fn session(&self, socket: &Path) -> Result<(), QmpError> {
+        let stream = UnixStream::connect(socket).await.map_err(QmpError::Connect)?;
         let pid = peer_pid(&stream);
         let negotiation = tokio::time::timeout(Duration::from_secs(5), QmpStreamTokio::open(stream))
             .await
-            .map_err(|_| "no QMP greeting within 5s (another client connected?)".to_owned())?
-            .map_err(|e| format!("not a QMP greeting: {e}"))?;
+            .map_err(|_| QmpError::NoGreeting)?
+            .map_err(QmpError::Greeting)?;
         let qapi_stream = tokio::time::timeout(Duration::from_secs(5), negotiation.negotiate())
             .await
-            .map_err(|_| "QMP negotiation timed out".to_owned())?
-            .map_err(|e| format!("QMP negotiation failed: {e}"))?;
+            .map_err(|_| QmpError::NegotiationTimeout)?
+            .map_err(QmpError::Negotiate)?;
         let (service, mut events) = qapi_stream.into_parts();
         let service = Arc::new(service);
         // Replies are read by the event stream: it is pumped for as long as the session lasts,
         // and everything else simply awaits its commands.
         let pump = async {
             while let Some(event) = events.next().await {
-                let event = event.map_err(|e| format!("QMP stream: {e}"))?;
+                let event = event.map_err(QmpError::Stream)?;
                 self.apply_event(socket, &event);
             }
             Ok(())
         };
         let work = async {
             let name = service.execute(qmp::query_name {}).await.ok().and_then(|n| n.name);
-            let status =
-                service.execute(qmp::query_status {}).await.map_err(|e| format!("query-status: {e}"))?;
+            let status = service.execute(qmp::query_status {}).await.map_err(QmpError::QueryStatus)?;
             let cpus = service.execute(QueryCpusFast {}).await.ok();
             let memory = service.execute(qmp::query_memory_size_summary {}).await.ok();
             let vcpus = cpus.as_ref().and_then(Value::as_array).map_or(0, |a| a.len() as u32);
@@ -462,25 +507,28 @@ impl QemuRuntime {
 
     async fn qmp_checks(&self, socket: &Path, spec: &QmpSpec, timeout: Duration) -> Outcome {
         let Some(vm) = self.read().vms.get(socket).cloned() else {
-            return Outcome::unknown("the VM is gone");
+            return Outcome::unknown(Cause::Gone, "the VM is gone");
         };
         if let Err(e) = &vm.qmp {
-            return Outcome::unknown(format!("QMP does not answer: {e}"));
+            return Outcome::unknown(Cause::RuntimeUnreachable, format!("QMP does not answer: {e}"));
         }
         let mut passed = Vec::new();
         for check in &spec.checks {
             match check.as_str() {
                 "runState" => match vm.status.as_deref() {
                     Some("running") => passed.push("running".to_owned()),
-                    Some("paused") => return Outcome::unknown("paused"),
+                    Some("paused") => return Outcome::unknown(Cause::Paused, "paused"),
                     Some(other) => {
                         return Outcome::unhealthy(Reason::NotRunning, format!("run state {other}"));
                     }
-                    None => return Outcome::unknown("run state not known yet"),
+                    None => return Outcome::unknown(Cause::Pending, "run state not known yet"),
                 },
                 "guestAgent" => {
                     let Some(qga_socket) = vm.qga_socket() else {
-                        return Outcome::unknown("no guest-agent socket beside the QMP socket");
+                        return Outcome::unknown(
+                            Cause::NoGuestAgent,
+                            "no guest-agent socket beside the QMP socket",
+                        );
                     };
                     // The port closed (VSERPORT_CHANGE): no need to wait for a timeout.
                     if vm.guest_agent_seen && vm.guest_port_open == Some(false) {
@@ -508,7 +556,10 @@ impl QemuRuntime {
                 }
                 "filesystems" => {
                     let Some(qga_socket) = vm.qga_socket() else {
-                        return Outcome::unknown("no guest-agent socket beside the QMP socket");
+                        return Outcome::unknown(
+                            Cause::NoGuestAgent,
+                            "no guest-agent socket beside the QMP socket",
+                        );
                     };
                     match qga::execute(&qga_socket, "guest-get-fsinfo", None, timeout).await {
                         Ok(fs) => {
@@ -520,7 +571,7 @@ impl QemuRuntime {
                         Err(e) => return guest_agent_silent(&vm, &e),
                     }
                 }
-                other => return Outcome::unknown(format!("unknown qmp check {other}")),
+                other => return Outcome::unknown(Cause::Misconfigured, format!("unknown qmp check {other}")),
             }
         }
         Outcome::healthy(passed.join("; "))
@@ -533,7 +584,10 @@ fn guest_agent_silent(vm: &Vm, e: &qga::QgaError) -> Outcome {
     if vm.guest_agent_seen {
         Outcome::unhealthy(Reason::GuestAgent, format!("reachability: {e}"))
     } else {
-        Outcome::unknown(format!("the guest agent has not answered since the VM started: {e}"))
+        Outcome::unknown(
+            Cause::NoGuestAgent,
+            format!("the guest agent has not answered since the VM started: {e}"),
+        )
     }
 }
 
@@ -643,10 +697,45 @@ impl VmRuntime for QemuRuntime {
             let (this, socket, spec) = (self.clone(), PathBuf::from(vm), spec.clone());
             match self.handle.spawn(async move { this.qmp_checks(&socket, &spec, timeout).await }).await {
                 Ok(outcome) => outcome,
-                Err(e) => Outcome::unknown(format!("internal error: {e}")),
+                Err(e) => Outcome::unknown(Cause::Internal, format!("internal error: {e}")),
             }
         })
     }
+}
+
+impl Inventory for QemuRuntime {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn first_sync(&self) -> &'static str {
+        "VM sockets scanned"
+    }
+
+    fn kind(&self) -> InstanceKind {
+        InstanceKind::Vm
+    }
+
+    fn instances(&self, node: &str) -> Vec<Instance> {
+        QemuRuntime::instances(self, node)
+    }
+
+    fn synced(&self) -> bool {
+        QemuRuntime::synced(self)
+    }
+
+    fn changes(&self) -> Option<tokio_watch::Receiver<u64>> {
+        Some(self.subscribe())
+    }
+
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The span of a VM's follower.
+fn follower_span(socket: &Path) -> tracing::Span {
+    info_span!("follower", vm = %socket.display())
 }
 
 /// The `restartVM` action: `system_reset`, then wait for the guest agent; when the guest does

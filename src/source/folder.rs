@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::Loaded;
+use super::{CheckSource, Loaded, Snapshot, Update};
 use crate::api::{API_VERSION, GROUP, HealthCheck};
 
 /// Largest file read, in bytes.
@@ -47,15 +48,6 @@ impl fmt::Display for LoadError {
         }
         write!(f, ": {}", self.message)
     }
-}
-
-/// What a folder held.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    /// HealthChecks that parsed (they may still be invalid; validation is the catalog's job).
-    pub objects: Vec<Loaded>,
-    /// Everything that could not be loaded.
-    pub errors: Vec<LoadError>,
 }
 
 /// Why the folder itself could not be read.
@@ -94,33 +86,34 @@ pub fn load(dir: &Path) -> Result<Snapshot, FolderError> {
         let text = match std::fs::metadata(&path) {
             Ok(m) if m.len() > MAX_FILE_BYTES => {
                 snapshot
-                    .errors
+                    .problems
                     .push(file_error(&label, format!("larger than {MAX_FILE_BYTES} bytes; not read")));
                 continue;
             }
             Ok(_) => match std::fs::read_to_string(&path) {
                 Ok(text) => text,
                 Err(e) => {
-                    snapshot.errors.push(file_error(&label, format!("cannot read: {e}")));
+                    snapshot.problems.push(file_error(&label, format!("cannot read: {e}")));
                     continue;
                 }
             },
             Err(e) => {
-                snapshot.errors.push(file_error(&label, format!("cannot read: {e}")));
+                snapshot.problems.push(file_error(&label, format!("cannot read: {e}")));
                 continue;
             }
         };
         let (objects, errors) = parse(&label, &text);
-        snapshot.errors.extend(errors);
+        snapshot.problems.extend(errors.iter().map(ToString::to_string));
         for loaded in objects {
             let key = loaded.key().to_string();
             if let Some(first) = seen.get(&key) {
-                snapshot.errors.push(LoadError {
+                let duplicate = LoadError {
                     file: label.clone(),
                     document: None,
                     object: Some(key.clone()),
                     message: format!("{}: duplicates the HealthCheck of {first}; ignored", loaded.origin),
-                });
+                };
+                snapshot.problems.push(duplicate.to_string());
                 continue;
             }
             seen.insert(key, loaded.origin.clone());
@@ -130,15 +123,23 @@ pub fn load(dir: &Path) -> Result<Snapshot, FolderError> {
     Ok(snapshot)
 }
 
-fn file_error(file: &str, message: String) -> LoadError {
-    LoadError { file: file.to_owned(), document: None, object: None, message }
+fn file_error(file: &str, message: String) -> String {
+    LoadError { file: file.to_owned(), document: None, object: None, message }.to_string()
 }
 
 /// Parses the documents of one file.
 pub fn parse(file: &str, text: &str) -> (Vec<Loaded>, Vec<LoadError>) {
     let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
         Ok(docs) => docs,
-        Err(e) => return (Vec::new(), vec![file_error(file, format!("not valid YAML: {e}"))]),
+        Err(e) => {
+            let error = LoadError {
+                file: file.to_owned(),
+                document: None,
+                object: None,
+                message: format!("not valid YAML: {e}"),
+            };
+            return (Vec::new(), vec![error]);
+        }
     };
     let mut objects = Vec::new();
     let mut errors = Vec::new();
@@ -222,9 +223,48 @@ pub fn parse(file: &str, text: &str) -> (Vec<Loaded>, Vec<LoadError>) {
     (objects, errors)
 }
 
+/// The folder as a [`CheckSource`]: read once when opened (a missing folder is an error at
+/// start), then after each change (debounced) and at least every `rescan`.
+#[derive(Debug)]
+pub struct FolderSource {
+    dir: PathBuf,
+    rescan: Duration,
+    first: Snapshot,
+}
+
+impl FolderSource {
+    /// Reads `dir`.
+    pub fn open(dir: &Path, rescan: Duration) -> Result<FolderSource, FolderError> {
+        Ok(FolderSource { dir: dir.to_owned(), rescan, first: load(dir)? })
+    }
+}
+
+impl CheckSource for FolderSource {
+    fn name(&self) -> &'static str {
+        "checks folder"
+    }
+
+    fn first_sync(&self) -> &'static str {
+        "checks folder loaded"
+    }
+
+    fn numbers_generations(&self) -> bool {
+        false
+    }
+
+    fn run(self: Box<Self>, tx: mpsc::Sender<Update>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            if tx.send(Update::Snapshot(self.first)).await.is_err() {
+                return;
+            }
+            watch(self.dir, self.rescan, tx).await;
+        })
+    }
+}
+
 /// Watches `dir` and sends a fresh [`Snapshot`] after each change (debounced), and at least
 /// every `rescan` in case an event was missed. Ends when the receiver is gone.
-pub async fn watch(dir: PathBuf, rescan: Duration, tx: mpsc::Sender<Result<Snapshot, FolderError>>) {
+async fn watch(dir: PathBuf, rescan: Duration, tx: mpsc::Sender<Update>) {
     let (events_tx, mut events) = mpsc::channel::<()>(1);
     let watcher = {
         use notify::Watcher;
@@ -266,11 +306,26 @@ pub async fn watch(dir: PathBuf, rescan: Duration, tx: mpsc::Sender<Result<Snaps
         let snapshot = tokio::task::spawn_blocking(move || load(&dir2)).await;
         let Ok(snapshot) = snapshot else { continue };
         tracing::debug!(dir = %dir.display(), "checks folder read");
-        if tx.send(snapshot).await.is_err() {
+        let update = match snapshot {
+            Ok(snapshot) => Update::Snapshot(snapshot),
+            Err(e) => Update::Failed(format!("{e}: {}; keeping the checks loaded before", error_chain(&e))),
+        };
+        if tx.send(update).await.is_err() {
             break;
         }
     }
     drop(watcher);
+}
+
+/// The causes of `e`, joined.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]
@@ -341,11 +396,11 @@ metadata: {name: future}
         std::fs::write(dir.path().join(".hidden.yaml"), "not: [valid").unwrap();
         let snap = load(dir.path()).unwrap();
         assert_eq!(snap.objects.len(), 1);
-        assert_eq!(snap.errors.len(), 1);
+        assert_eq!(snap.problems.len(), 1);
         assert!(
-            snap.errors[0].message.contains("duplicates the HealthCheck of 1.yaml document 1"),
+            snap.problems[0].contains("duplicates the HealthCheck of 1.yaml document 1"),
             "{}",
-            snap.errors[0]
+            snap.problems[0]
         );
         assert!(load(&dir.path().join("missing")).is_err());
     }

@@ -6,11 +6,49 @@
 pub mod folder;
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use crate::api::{HealthCheck, HealthCheckSpec};
 use crate::engine::store::CheckInfo;
 use crate::model::{self, CheckDef, CheckKey, FieldError};
+
+/// Where HealthChecks come from: the folder (standalone), the API server's watch (in a cluster).
+/// A source sends everything it holds at start and after every change; the agent keeps the
+/// last valid definition of each check running through invalid edits ([`Catalog`]).
+pub trait CheckSource: Send + Debug {
+    /// Short name, for health reasons and logs (`checks folder`).
+    fn name(&self) -> &'static str;
+    /// What readiness waits for until the first snapshot (`checks folder loaded`).
+    fn first_sync(&self) -> &'static str;
+    /// Whether objects carry their own `metadata.generation` (the API server numbers them;
+    /// a folder does not).
+    fn numbers_generations(&self) -> bool;
+    /// Sends updates until the receiver is gone. Returning means the source cannot go on.
+    fn run(self: Box<Self>, tx: mpsc::Sender<Update>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// What a source says.
+#[derive(Debug)]
+pub enum Update {
+    /// Everything it holds now; checks not in it are gone.
+    Snapshot(Snapshot),
+    /// It could not be read this time; what it held before stays.
+    Failed(String),
+}
+
+/// What a source held.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// HealthChecks that parsed (they may still be invalid; validation is the catalog's job).
+    pub objects: Vec<Loaded>,
+    /// What could not be loaded: the place, the field and what is allowed.
+    pub problems: Vec<String>,
+}
 
 /// A HealthCheck read from a source, with where it came from.
 #[derive(Clone, Debug)]

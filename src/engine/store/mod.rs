@@ -497,7 +497,7 @@ impl Store {
             instance_id: instance_id.to_owned(),
             from: tr.from,
             to: tr.to,
-            reason: report.outcome.reason().map(Reason::as_str),
+            reason: report.outcome.label(),
             message: Some(report.outcome.message().to_owned()),
             at: now,
         });
@@ -898,7 +898,11 @@ mod tests {
             store.record(&check, &ids[0], &fail());
         }
         for _ in 0..10 {
-            let r = store.record(&check, &ids[0], &report(Outcome::unknown("no route to the runtime")));
+            let r = store.record(
+                &check,
+                &ids[0],
+                &report(Outcome::unknown(crate::probe::Cause::RuntimeUnreachable, "no route to the runtime")),
+            );
             assert!(r.action.is_none() && r.decision.is_none(), "{r:?}");
         }
         let view = store.instance(&ids[0]).unwrap();

@@ -8,14 +8,14 @@ use super::Store;
 use crate::engine::state::{CheckState, Thresholds, Transition};
 use crate::metrics::{CheckSample, InstanceSample, SampleSource, Samples, TargetSample};
 use crate::model::CheckKey;
-use crate::probe::{Outcome, Reason, Report};
+use crate::probe::{Cause, Outcome, Reason, Report};
 
 /// Per-target counters, scraped by the metrics collector.
 #[derive(Debug, Default)]
 pub(super) struct SlotCounters {
     /// Whether the last definite probe passed.
     up: Option<bool>,
-    errors: u64,
+    errors: Vec<(Cause, u64)>,
     failures: Vec<(Reason, u64)>,
     actions: Vec<(&'static str, bool, u64)>,
 }
@@ -67,7 +67,10 @@ impl Slot {
                     None => counters.failures.push((*reason, 1)),
                 }
             }
-            Outcome::Unknown { .. } => counters.errors += 1,
+            Outcome::Unknown { cause, .. } => match counters.errors.iter_mut().find(|(c, _)| c == cause) {
+                Some((_, n)) => *n += 1,
+                None => counters.errors.push((*cause, 1)),
+            },
         }
         let reason_before = self.state.reason;
         let transition = self.state.observe(&report.outcome, now, thresholds);
@@ -93,7 +96,7 @@ impl Slot {
             up: self.counters.up,
             impaired: self.state.status == crate::api::CheckStatus::Impaired,
             last_duration: self.last_duration.map(|d| d.as_secs_f64()),
-            errors: self.counters.errors,
+            errors: self.counters.errors.iter().map(|(c, n)| (c.as_str(), *n)).collect(),
             failures: self.counters.failures.iter().map(|(r, n)| (r.as_str(), *n)).collect(),
             actions: self.counters.actions.clone(),
         }
