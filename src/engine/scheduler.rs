@@ -219,18 +219,14 @@ impl Scheduler {
                     }
                     None => (None, self.shared.epoch),
                 };
-                // A debug span: one per (check, instance) would cost memory per check at info
-                // level, and the worker's own events name both anyway.
-                let span = tracing::debug_span!("worker", check = %a.check.key, instance = %a.instance_id);
-                let worker = tracing::Instrument::instrument(
-                    run_worker(
-                        self.shared.clone(),
-                        a.check.clone(),
-                        a.instance_id.clone(),
-                        a.target.clone(),
-                        epoch,
-                    ),
-                    span,
+                // No span per worker: even a disabled one adds 128 bytes to every (check,
+                // instance) task, and the worker's events name the check and the instance.
+                let worker = run_worker(
+                    self.shared.clone(),
+                    a.check.clone(),
+                    a.instance_id.clone(),
+                    a.target.clone(),
+                    epoch,
                 );
                 AbortOnDrop(match handle {
                     Some(handle) => handle.spawn(worker),

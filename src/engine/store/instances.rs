@@ -2,8 +2,6 @@
 //! Attached-volume details (with the time each became impaired), the host's details shared by
 //! the instances on it, and the remediation book of each.
 
-use std::collections::HashMap;
-
 use jiff::Timestamp;
 
 use super::results::Slots;
@@ -180,9 +178,9 @@ impl InstanceEntry {
 }
 
 /// What running instances claim from the host.
-pub(super) fn claims(instances: &HashMap<String, InstanceEntry>) -> Claims {
+pub(super) fn claims<'a>(instances: impl Iterator<Item = &'a InstanceEntry>) -> Claims {
     let mut claims = Claims::default();
-    for e in instances.values() {
+    for e in instances {
         let running = e.instance.state == InstanceState::Running;
         let bump = |pair: &mut (usize, usize)| {
             pair.1 += 1;

@@ -103,7 +103,8 @@ struct CheckEntry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    instances: HashMap<String, InstanceEntry>,
+    /// Boxed: the map keeps spare buckets, and an entry is several hundred bytes.
+    instances: HashMap<String, Box<InstanceEntry>>,
     checks: HashMap<CheckKey, CheckEntry>,
     host: HostDetails,
     restored: HashMap<String, Restored>,
@@ -372,7 +373,7 @@ impl Store {
                 }
                 continue;
             }
-            let mut entry = InstanceEntry::new(instance, now);
+            let mut entry = Box::new(InstanceEntry::new(instance, now));
             if let Some(r) = inner.restored.remove(&id) {
                 if let Some(first_seen) = r.first_seen {
                     entry.first_seen = first_seen;
@@ -655,7 +656,7 @@ impl Store {
     /// Every instance, sorted by id (live counters included).
     pub fn instances(&self) -> Vec<InstanceView> {
         let inner = self.lock();
-        let mut entries: Vec<&InstanceEntry> = inner.instances.values().collect();
+        let mut entries: Vec<&InstanceEntry> = inner.instances.values().map(|e| &**e).collect();
         entries.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
         entries.into_iter().map(|e| e.view(&inner.host)).collect()
     }
@@ -681,7 +682,7 @@ impl Store {
 
     /// What running instances claim from the host.
     pub fn claims(&self) -> Claims {
-        instances::claims(&self.lock().instances)
+        instances::claims(self.lock().instances.values().map(|e| &**e))
     }
 
     /// Number of (check, instance) pairs and of instances.
