@@ -51,12 +51,47 @@ pub enum Command {
 #[command(next_help_heading = "Standalone")]
 pub struct StandaloneArgs {
     /// Folder of HealthCheck YAML. Reloaded when files change.
-    #[arg(long, env = "VIGIL_CHECKS_DIR")]
-    pub checks_dir: PathBuf,
+    #[arg(long, env = "VIGIL_CHECKS_DIR", required_unless_present = "kubernetes", requires = "state_dir")]
+    pub checks_dir: Option<PathBuf>,
 
     /// Folder where InstanceStatus and HealthCheck documents are kept.
-    #[arg(long, env = "VIGIL_STATE_DIR")]
-    pub state_dir: PathBuf,
+    #[arg(long, env = "VIGIL_STATE_DIR", requires = "checks_dir")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `vigil agent` in a cluster: HealthChecks from the API server, status into InstanceStatus
+/// objects, a Lease per node.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Kubernetes")]
+pub struct KubernetesArgs {
+    /// Run in a cluster (instead of --checks-dir/--state-dir).
+    #[arg(long, conflicts_with_all = ["checks_dir", "state_dir"])]
+    pub kubernetes: bool,
+
+    /// Kubeconfig file. Default: `KUBECONFIG`, `~/.kube/config`, or the pod's ServiceAccount.
+    #[arg(long, env = "VIGIL_KUBECONFIG", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// A namespace whose HealthChecks this agent runs; repeat for more. Default: every namespace.
+    #[arg(long = "namespace", requires = "kubernetes")]
+    pub namespaces: Vec<String>,
+
+    /// How long the controller's `status.remediationAllowed`, as last read, holds while the API
+    /// server does not answer; after that, nothing is restarted until it answers again.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub remediation_staleness: Duration,
+
+    /// Changes of one instance within this window are written as one apply.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub write_coalesce: Duration,
+
+    /// How often the node's agent Lease is renewed (with jitter).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub lease_renew: Duration,
+
+    /// How long the Lease holds without renewal (`leaseDurationSeconds`).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
 }
 
 /// `vigil agent`.
@@ -65,6 +100,10 @@ pub struct AgentArgs {
     /// Standalone mode.
     #[command(flatten)]
     pub standalone: StandaloneArgs,
+
+    /// Kubernetes mode.
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
 
     /// Address of the HTTP API and metrics. Loopback by default.
     #[arg(long, default_value = "127.0.0.1:9733", env = "VIGIL_LISTEN")]
@@ -78,9 +117,10 @@ pub struct AgentArgs {
     #[arg(long = "node-label", value_parser = parse_label)]
     pub node_labels: Vec<(String, String)>,
 
-    /// Namespace of the InstanceStatus documents this agent writes.
-    #[arg(long, default_value = "default", env = "VIGIL_NAMESPACE")]
-    pub namespace: String,
+    /// Namespace of the agent's own objects: its Lease, and the InstanceStatus of everything
+    /// but pods (a pod's lives in the pod's namespace). In a pod, give it `POD_NAMESPACE`.
+    #[arg(long, default_value = "default", env = "VIGIL_AGENT_NAMESPACE")]
+    pub agent_namespace: String,
 
     /// Probes running at once.
     #[arg(long, default_value_t = 256)]

@@ -24,6 +24,7 @@ pub mod agent;
 pub mod api;
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod crd;
 pub mod docker;
 pub mod engine;

@@ -39,7 +39,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Agent(args) => {
             vigil::telemetry::init(cli.log_format, &cli.log_level)?;
-            let config = vigil::agent::AgentConfig::from_args(*args);
+            let config = vigil::agent::AgentConfig::from_args(*args)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(vigil::agent::run(config, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)

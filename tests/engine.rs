@@ -54,6 +54,7 @@ fn container(name: &str) -> Instance {
         claimed: None,
         runtime_id: Some(name.to_owned()),
         on_hold: None,
+        ports: Vec::new(),
         system: Vec::new(),
         volumes: Vec::new(),
     }

@@ -548,3 +548,115 @@ async fn an_api_server_outage_refuses_connections_and_loses_nothing() {
     tokio::task::spawn_blocking(move || drop(server)).await.unwrap();
     plane.delete_namespace(&namespace).await.unwrap();
 }
+
+/// The agent in Kubernetes mode against the real API server: a pod on its node (its status set
+/// by the test, as there is no kubelet) probed at its IP on the named port; the pod's
+/// InstanceStatus in the pod's namespace, owned by the Pod; the node's Lease; writes only on
+/// change; the InstanceStatus gone with the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Pod;
+    use support::agent::Agent;
+    use support::servers::HttpTarget;
+
+    let plane = control_plane().await;
+    let namespace = plane.namespace("agent").await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    // A node name of this test's own: the agent watches pods and lists InstanceStatus by node.
+    let node = format!("{namespace}-n1");
+    let target = HttpTarget::start().await;
+    let port: u16 = target.address().rsplit(':').next().unwrap().parse().unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "labels": {"app": "web"}},
+        "spec": {"nodeName": node, "containers": [{"name": "web", "image": "nginx",
+            "ports": [{"name": "http", "containerPort": port}]}]},
+    }))
+    .unwrap();
+    let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let running =
+        json!({"status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}});
+    pods.patch_status("web-1", &PatchParams::default(), &Patch::Merge(&running)).await.unwrap();
+
+    let checks: Api<HealthCheck> = Api::namespaced(client.clone(), &namespace);
+    let check: HealthCheck = serde_json::from_value(json!({
+        "apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck",
+        "metadata": {"name": "web"},
+        "spec": {"target": {"pods": {"selector": {"matchLabels": {"app": "web"}}}},
+                 "probe": {"http": {"path": "/health", "port": "http"}, "periodSeconds": 1}},
+    }))
+    .unwrap();
+    checks.create(&PostParams::default(), &check).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = plane.kubeconfig();
+    let agent_args =
+        ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str(), "--lease-renew", "2s"];
+    let agent =
+        tokio::task::block_in_place(|| Agent::start_in_cluster(dir.path(), &kubeconfig, &node, &agent_args));
+
+    let statuses: Api<InstanceStatus> = Api::namespaced(client.clone(), &namespace);
+    let check_status = |doc: &InstanceStatus| {
+        doc.status.as_ref().and_then(|s| s.checks.first()).map(|c| c.status.as_str().to_owned())
+    };
+    let written = eventually("the pod's InstanceStatus is ok", Duration::from_secs(30), || async {
+        statuses.get("pod-web-1").await.ok().filter(|d| check_status(d).as_deref() == Some("ok"))
+    })
+    .await;
+    let owner = &written.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Pod", "web-1"));
+    assert_eq!(Some(&owner.uid), pod.metadata.uid.as_ref());
+    let labels = written.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("vigil.dev/node"), Some(&node));
+    assert_eq!(written.spec.instance.id, format!("{namespace}.pod-web-1"));
+    assert!(target.requests() > 0, "probed at the pod's IP on its named port");
+    let managers: Vec<String> =
+        written.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+    assert!(managers.iter().any(|m| m == "vigil-agent"), "{managers:?}");
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    let lease = eventually("the node's Lease", Duration::from_secs(10), || async {
+        leases.get(&format!("vigil-agent-{node}")).await.ok()
+    })
+    .await;
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity), Some(node.clone()));
+
+    // Steady state: probes every second that agree with the last one write nothing.
+    let before = plane.request_counts().await.unwrap();
+    let probes_before = target.requests();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let steady = plane.request_counts().await.unwrap().since(&before);
+    assert!(target.requests() >= probes_before + 3, "still probing");
+    let writes = |c: &support::k8s::RequestCounts| {
+        c.get("patch", "instancestatuses") + c.get("patch", "instancestatuses/status")
+    };
+    assert_eq!(writes(&steady), 0, "{:?}", steady.all());
+    assert!(steady.get("patch", "leases") >= 1, "the Lease is renewed: {:?}", steady.all());
+
+    // A failure: impaired after three failed probes, a handful of writes for it.
+    target.set_status(503);
+    eventually("the pod's InstanceStatus is impaired", Duration::from_secs(30), || async {
+        statuses.get("pod-web-1").await.ok().filter(|d| check_status(d).as_deref() == Some("impaired"))
+    })
+    .await;
+    let failing = plane.request_counts().await.unwrap().since(&before);
+    let written = writes(&failing);
+    assert!((1..=4).contains(&written), "{written} writes for one transition: {:?}", failing.all());
+
+    // The pod goes (at once: without a kubelet, a graceful deletion never completes), and so
+    // does its InstanceStatus.
+    let now = kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+    pods.delete("web-1", &now).await.unwrap();
+    eventually("the InstanceStatus goes with the pod", Duration::from_secs(90), || async {
+        match statuses.get("pod-web-1").await {
+            Err(kube::Error::Api(s)) if s.code == 404 => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    drop(agent);
+    plane.delete_namespace(&namespace).await.unwrap();
+}

@@ -159,7 +159,7 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let kill = json!({"path": "/bin/sh", "arg": ["-c", "killall qemu-ga"], "capture-output": false});
     rt.block_on(vigil::qemu::qga::execute(&qga, "guest-exec", Some(kill), Duration::from_secs(20))).unwrap();
-    let lost = agent.wait_for("/v1/instances/vm-g1", "reachability to fail", WAIT, |d| {
+    let lost = agent.wait_for(&format!("/v1/instances/{}", vm_id("g1")), "reachability to fail", WAIT, |d| {
         status_of(&d["data"], "instanceStatus") == "impaired"
     })["data"]
         .clone();
@@ -172,9 +172,15 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
         "{}",
         lost["status"]["instanceStatus"]
     );
-    let back = agent.wait_for("/v1/instances/vm-g1", "the reset guest to answer again", BOOT, |d| {
-        restarts(&d["data"]) == 1 && check_of(&d["data"], "default/vm").is_some_and(|c| c["status"] == "ok")
-    })["data"]
+    let back = agent.wait_for(
+        &format!("/v1/instances/{}", vm_id("g1")),
+        "the reset guest to answer again",
+        BOOT,
+        |d| {
+            restarts(&d["data"]) == 1
+                && check_of(&d["data"], "default/vm").is_some_and(|c| c["status"] == "ok")
+        },
+    )["data"]
         .clone();
     let record = &back["status"]["restarts"]["recent"][0];
     assert_eq!(record["action"], "restartVM");
@@ -208,7 +214,7 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     )
     .unwrap();
     let _ = guest.child.wait();
-    let dead = agent.wait_for("/v1/instances/vm-g1", "System impaired", WAIT, |d| {
+    let dead = agent.wait_for(&format!("/v1/instances/{}", vm_id("g1")), "System impaired", WAIT, |d| {
         status_of(&d["data"], "systemStatus") == "impaired"
     })["data"]
         .clone();

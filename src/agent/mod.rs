@@ -5,7 +5,10 @@
 
 pub mod api;
 mod containers;
+mod lease;
 mod state;
+
+use lease::LeaseConfig;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -23,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::action::{ExecAction, Executors};
-use crate::cli::{AgentArgs, StandaloneArgs};
+use crate::cli::{AgentArgs, KubernetesArgs, StandaloneArgs};
 use crate::docker::{DockerRuntime, RestartContainer, StatsConfig};
+use crate::engine::aggregate::ControllerVerdicts;
 use crate::engine::clock::SystemClock;
 use crate::engine::planner::{self, NodeInfo, Sources};
 use crate::engine::scheduler::{Scheduler, SchedulerConfig};
@@ -32,11 +36,14 @@ use crate::engine::store::Store;
 use crate::health::{Health, Readiness, ReadyHandle};
 use crate::http::{self, AccessPolicy, ServerConfig};
 use crate::inventory::host::{self, PressureThresholds};
+use crate::inventory::pods::PodInventory;
 use crate::inventory::{HostInventory, Inventory};
 use crate::metrics::{AgentMetrics, ViewCollector};
 use crate::probe::Prober;
 use crate::qemu::{QemuConfig, QemuRuntime, RestartVm};
+use crate::report::apiserver::{self, ApiWriter};
 use crate::report::statedir::{Reporter, StateDir, StateDirError};
+use crate::source::api::ApiSource;
 use crate::source::folder::{FolderError, FolderSource};
 use crate::source::{Catalog, CheckSource, Snapshot, Update};
 
@@ -50,6 +57,21 @@ pub enum Mode {
         checks_dir: PathBuf,
         /// State folder.
         state_dir: PathBuf,
+    },
+    /// In a cluster: HealthChecks from the API server, InstanceStatus objects and a Lease into it.
+    Kubernetes {
+        /// Kubeconfig file (`None`: inferred).
+        kubeconfig: Option<PathBuf>,
+        /// Namespaces whose HealthChecks run here (empty: all).
+        namespaces: Vec<String>,
+        /// How long the controller's verdict holds through an outage, seconds.
+        remediation_staleness_seconds: f64,
+        /// Coalescing window of InstanceStatus writes, seconds.
+        write_coalesce_seconds: f64,
+        /// Lease renewal period, seconds.
+        lease_renew_seconds: f64,
+        /// Lease duration, seconds.
+        lease_duration_seconds: f64,
     },
 }
 
@@ -66,7 +88,7 @@ pub struct AgentConfig {
     pub node_name: String,
     /// Its labels.
     pub node_labels: std::collections::BTreeMap<String, String>,
-    /// Namespace of the documents written.
+    /// Namespace of the agent's own documents.
     pub namespace: String,
     /// Scheduler limits.
     #[serde(flatten)]
@@ -145,6 +167,12 @@ pub enum AgentError {
     /// Metrics could not be registered.
     #[error("cannot register metrics")]
     Metrics(#[source] prometheus::Error),
+    /// Neither mode was chosen.
+    #[error("choose a mode: --checks-dir and --state-dir (standalone), or --kubernetes")]
+    Mode,
+    /// The API server cannot be used.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A long-lived task ended before shutdown.
     #[error("{task} stopped unexpectedly: {reason}")]
     TaskEnded {
@@ -157,13 +185,23 @@ pub enum AgentError {
 
 impl AgentConfig {
     /// The configuration the arguments describe.
-    pub fn from_args(args: AgentArgs) -> AgentConfig {
+    pub fn from_args(args: AgentArgs) -> Result<AgentConfig, AgentError> {
         let AgentArgs {
             standalone: StandaloneArgs { checks_dir, state_dir },
+            kubernetes:
+                KubernetesArgs {
+                    kubernetes,
+                    kubeconfig,
+                    namespaces,
+                    remediation_staleness,
+                    write_coalesce,
+                    lease_renew,
+                    lease_duration,
+                },
             listen,
             node_name,
             node_labels,
-            namespace,
+            agent_namespace: namespace,
             max_concurrent_probes,
             max_concurrent_exec,
             probe_threads,
@@ -192,11 +230,25 @@ impl AgentConfig {
                 .filter(|h| h.starts_with("unix://"))
                 .or_else(|| std::path::Path::new(default_socket).exists().then(|| default_socket.to_owned())),
         };
-        let node_name = node_name.unwrap_or_else(|| {
-            host::figures().map(|f| f.hostname).unwrap_or_else(|_| "localhost".to_owned())
-        });
-        AgentConfig {
-            mode: Mode::Standalone { checks_dir, state_dir },
+        // In a pod, the downward API gives the node as NODE_NAME.
+        let node_name =
+            node_name.or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty())).unwrap_or_else(
+                || host::figures().map(|f| f.hostname).unwrap_or_else(|_| "localhost".to_owned()),
+            );
+        let mode = match (kubernetes, checks_dir, state_dir) {
+            (true, _, _) => Mode::Kubernetes {
+                kubeconfig,
+                namespaces,
+                remediation_staleness_seconds: remediation_staleness.as_secs_f64(),
+                write_coalesce_seconds: write_coalesce.as_secs_f64(),
+                lease_renew_seconds: lease_renew.as_secs_f64(),
+                lease_duration_seconds: lease_duration.as_secs_f64(),
+            },
+            (false, Some(checks_dir), Some(state_dir)) => Mode::Standalone { checks_dir, state_dir },
+            _ => return Err(AgentError::Mode),
+        };
+        Ok(AgentConfig {
+            mode,
             listen,
             node_name,
             node_labels: node_labels.into_iter().collect(),
@@ -227,7 +279,7 @@ impl AgentConfig {
                 restart_command: vm_restart_command,
             },
             version: env!("CARGO_PKG_VERSION"),
-        }
+        })
     }
 }
 
@@ -366,8 +418,18 @@ async fn any_changed(receivers: &mut Vec<watch::Receiver<u64>>) {
 /// Where this mode's checks come from and its status goes.
 struct ModeParts {
     source: Box<dyn CheckSource>,
-    reporter: Reporter,
+    /// The reporter: runs until the token is cancelled, then writes once more.
+    reporter: Task,
+    /// Inventories of this mode (the pods of the node).
+    inventories: Vec<Arc<dyn Inventory>>,
+    /// Other long-lived tasks of this mode, each ending at the token.
+    tasks: Vec<(&'static str, Task)>,
+    /// This node's labels, when something keeps them current (the Node object).
+    node_labels: Option<watch::Receiver<std::collections::BTreeMap<String, String>>>,
 }
+
+/// A long-lived task, started with the shutdown token.
+type Task = Box<dyn FnOnce(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// Opens the state folder and the checks folder, and restores what an earlier run saved.
 fn standalone(
@@ -400,7 +462,111 @@ fn standalone(
         secs(config.status_refresh_seconds),
         saved.renamed,
     );
-    Ok(ModeParts { source: Box::new(source), reporter })
+    Ok(ModeParts {
+        source: Box::new(source),
+        reporter: Box::new(move |cancel| Box::pin(reporter.run(cancel.cancelled_owned()))),
+        inventories: Vec::new(),
+        tasks: Vec::new(),
+        node_labels: None,
+    })
+}
+
+/// Connects to the API server, reads back this node's InstanceStatus objects, and sets up the
+/// HealthCheck watch, the pods of the node, its labels, the Lease and the InstanceStatus writer.
+#[allow(clippy::too_many_arguments)]
+async fn kubernetes(
+    mode: &Mode,
+    config: &AgentConfig,
+    store: &Arc<Store>,
+    health: &Arc<Health>,
+    metrics: &AgentMetrics,
+    verdicts: Arc<ControllerVerdicts>,
+) -> Result<ModeParts, AgentError> {
+    let Mode::Kubernetes {
+        kubeconfig,
+        namespaces,
+        write_coalesce_seconds,
+        lease_renew_seconds,
+        lease_duration_seconds,
+        ..
+    } = mode
+    else {
+        return Err(AgentError::Mode);
+    };
+    let client = crate::cluster::client(kubeconfig.as_deref()).await?;
+    let node = config.node_name.clone();
+    // What this node's agent wrote before: restart counts and impairedSince survive a restart.
+    let deadline = tokio::time::Instant::now() + secs(config.inventory_sync_timeout_seconds);
+    let loaded = loop {
+        match apiserver::load(&client, &node).await {
+            Ok(loaded) => break loaded,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                warn!("{e}: {}; trying again", error_chain(&e));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                let problem = format!("{e}: {}; restart counts start from zero", error_chain(&e));
+                warn!("{problem}");
+                health.set("restore", vec![problem]);
+                break apiserver::Loaded::default();
+            }
+        }
+    };
+    let writer = ApiWriter::new(
+        client.clone(),
+        store.clone(),
+        health.clone(),
+        metrics.clone(),
+        secs(*write_coalesce_seconds),
+        secs(config.status_refresh_seconds),
+        &loaded,
+    );
+    info!(instances = loaded.instances.len(), node, "InstanceStatus objects read back");
+    store.restore(loaded.instances);
+    let resync = writer.resync_handle();
+    let (pods, follow_pods) = PodInventory::new(client.clone(), &node);
+    let (labels, follow_labels) = crate::source::api::node_labels(client.clone(), &node);
+    let lease = LeaseConfig { renew: secs(*lease_renew_seconds), duration: secs(*lease_duration_seconds) };
+    let mut tasks: Vec<(&'static str, Task)> = Vec::new();
+    tasks.push((
+        "pod watch",
+        Box::new(move |cancel: CancellationToken| {
+            Box::pin(async move {
+                tokio::select! {
+                    () = follow_pods => {}
+                    () = cancel.cancelled() => {}
+                }
+            })
+        }),
+    ));
+    tasks.push((
+        "node watch",
+        Box::new(move |cancel: CancellationToken| {
+            Box::pin(async move {
+                tokio::select! {
+                    () = follow_labels => {}
+                    () = cancel.cancelled() => {}
+                }
+            })
+        }),
+    ));
+    {
+        let (client, namespace, health, node) =
+            (client.clone(), config.namespace.clone(), health.clone(), node.clone());
+        tasks.push((
+            "lease",
+            Box::new(move |cancel| {
+                Box::pin(lease::keep(client, namespace, node, lease, health, resync, cancel))
+            }),
+        ));
+    }
+    Ok(ModeParts {
+        source: Box::new(ApiSource::new(client, namespaces.clone(), verdicts)),
+        reporter: Box::new(move |cancel| Box::pin(writer.run(cancel.cancelled_owned()))),
+        inventories: vec![Arc::new(pods)],
+        tasks,
+        node_labels: Some(labels),
+    })
 }
 
 type TaskResult = (&'static str, Result<(), String>);
@@ -420,14 +586,29 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         None => None,
     };
 
-    let store =
-        Arc::new(Store::new(&config.node_name, &config.namespace, Arc::new(SystemClock), metrics.clone()));
+    let store = Store::new(&config.node_name, &config.namespace, Arc::new(SystemClock), metrics.clone());
+    // In a cluster, remediation waits for the controller's verdict over the whole fleet.
+    let verdicts = match &config.mode {
+        Mode::Kubernetes { remediation_staleness_seconds, .. } => Some(Arc::new(ControllerVerdicts::new(
+            secs(*remediation_staleness_seconds),
+            Arc::new(SystemClock),
+        ))),
+        Mode::Standalone { .. } => None,
+    };
+    let store = Arc::new(match &verdicts {
+        Some(v) => store.with_gate(v.clone()),
+        None => store,
+    });
     let view = Arc::new(ViewCollector::new(store.clone()));
-    let (parts, watched) = match &config.mode {
-        Mode::Standalone { checks_dir, state_dir } => (
+    let (parts, watched) = match (&config.mode, verdicts) {
+        (Mode::Standalone { checks_dir, state_dir }, _) => (
             standalone(checks_dir, state_dir, &config, &store, &health, &metrics)?,
             vec![PathBuf::from("/"), state_dir.clone()],
         ),
+        (mode @ Mode::Kubernetes { .. }, Some(verdicts)) => {
+            (kubernetes(mode, &config, &store, &health, &metrics, verdicts).await?, vec![PathBuf::from("/")])
+        }
+        (Mode::Kubernetes { .. }, None) => return Err(AgentError::Mode),
     };
     store.set_host_health(host::assess(&config.pressure, &watched));
 
@@ -451,6 +632,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         inventories.push(Arc::new(docker.clone()));
     }
     inventories.push(Arc::new(qemu.clone()));
+    inventories.extend(parts.inventories);
 
     let checks_loaded = readiness.handle(parts.source.first_sync());
     let startup = StartupSync {
@@ -490,6 +672,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         startup: Some(startup),
         late: Vec::new(),
     };
+    let mut node_labels = parts.node_labels;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -566,6 +749,21 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                             reconciler.settle_startup(true);
                         }
                         () = any_changed(&mut inventory_changes) => reconciler.replan(),
+                        Some(labels) = async {
+                            match node_labels.as_mut() {
+                                Some(rx) => match rx.changed().await {
+                                    Ok(()) => Some(rx.borrow_and_update().clone()),
+                                    Err(_) => std::future::pending().await,
+                                },
+                                None => std::future::pending().await,
+                            }
+                        } => {
+                            if reconciler.node.labels != labels {
+                                info!(?labels, "node labels changed");
+                                reconciler.node.labels = labels;
+                                reconciler.replan();
+                            }
+                        }
                         got = updates.recv() => match got {
                             Some(Update::Snapshot(snapshot)) => {
                                 health.set(source_name, Vec::new());
@@ -613,14 +811,24 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     }
 
     {
-        let reporter = parts.reporter;
+        let reporter = (parts.reporter)(cancel.clone());
+        tasks.spawn(
+            async move {
+                reporter.await;
+                ("reporter", Ok(()))
+            }
+            .instrument(info_span!("reporter")),
+        );
+    }
+    for (name, task) in parts.tasks {
+        let task = task(cancel.clone());
         let cancel = cancel.clone();
         tasks.spawn(
             async move {
-                reporter.run(cancel.cancelled_owned()).await;
-                ("state reporter", Ok(()))
+                task.await;
+                (name, if cancel.is_cancelled() { Ok(()) } else { Err("it ended".to_owned()) })
             }
-            .instrument(info_span!("reporter", to = "state folder")),
+            .instrument(info_span!("task", name)),
         );
     }
 
@@ -690,4 +898,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         warn!("some tasks did not stop within 10s");
     }
     outcome
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
 }

@@ -431,6 +431,7 @@ impl DockerRuntime {
                 claimed: c.limits.filter(|_| c.state == RunState::Running),
                 runtime_id: Some(c.id.clone()),
                 on_hold: c.on_hold(),
+                ports: Vec::new(),
                 system: system.clone(),
                 volumes: c.volumes.clone(),
             })

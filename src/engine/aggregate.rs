@@ -69,6 +69,87 @@ impl RemediationGate for LocalCounts {
     }
 }
 
+/// The gate in a cluster: the controller writes `status.remediationAllowed` of each HealthCheck
+/// from the whole fleet's counts, and the agent acts only while that says yes. What was read last
+/// holds through an API outage for `staleness`; a check whose verdict was never read, or was read
+/// too long ago, does not act. The agent's own counts still block a local mass failure.
+#[derive(Debug)]
+pub struct ControllerVerdicts {
+    staleness: std::time::Duration,
+    clock: std::sync::Arc<dyn super::clock::Clock>,
+    state: std::sync::RwLock<Verdicts>,
+}
+
+#[derive(Debug, Default)]
+struct Verdicts {
+    /// Per check: `status.remediationAllowed` as last read (`None`: not written yet).
+    allowed: std::collections::HashMap<CheckKey, Option<bool>>,
+    /// When the source last had a complete, current view.
+    fresh_at: Option<Timestamp>,
+}
+
+impl ControllerVerdicts {
+    /// No verdict known yet.
+    pub fn new(staleness: std::time::Duration, clock: std::sync::Arc<dyn super::clock::Clock>) -> Self {
+        ControllerVerdicts { staleness, clock, state: std::sync::RwLock::default() }
+    }
+
+    /// Everything the HealthCheck source holds now, read from the API server just now.
+    pub fn replace(&self, allowed: impl IntoIterator<Item = (CheckKey, Option<bool>)>) {
+        let now = self.clock.now();
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        state.allowed = allowed.into_iter().collect();
+        state.fresh_at = Some(now);
+    }
+
+    /// The source is still current (its watch is healthy) although nothing changed.
+    pub fn confirm(&self) {
+        let now = self.clock.now();
+        self.state.write().unwrap_or_else(|p| p.into_inner()).fresh_at = Some(now);
+    }
+
+    fn verdict(&self, check: &CheckKey) -> Result<(), String> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let Some(fresh_at) = state.fresh_at else {
+            return Err("the HealthChecks have not been read from the API server yet: not acting".to_owned());
+        };
+        let limit = jiff::SignedDuration::try_from(self.staleness).unwrap_or(jiff::SignedDuration::MAX);
+        if self.clock.now().duration_since(fresh_at) > limit {
+            return Err(format!(
+                "the controller's verdict was last read {}s ago (longer than {}s): not acting until the API server answers",
+                self.clock.now().duration_since(fresh_at).as_secs(),
+                self.staleness.as_secs()
+            ));
+        }
+        match state.allowed.get(check) {
+            Some(Some(true)) => Ok(()),
+            Some(Some(false)) => Err(
+                "status.remediationAllowed is false: too many targets are impaired across the fleet (maxUnhealthy)"
+                    .to_owned(),
+            ),
+            Some(None) => {
+                Err("the controller has not written status.remediationAllowed yet: not acting".to_owned())
+            }
+            None => Err("the HealthCheck is not known to the API server: not acting".to_owned()),
+        }
+    }
+}
+
+impl RemediationGate for ControllerVerdicts {
+    fn blocked(
+        &self,
+        check: &CheckKey,
+        limit: Option<Limit>,
+        unhealthy: u32,
+        total: u32,
+    ) -> Option<Decision> {
+        if let Some(local) = remediation::mass_failure(limit, unhealthy, total) {
+            return Some(local);
+        }
+        self.verdict(check).err().map(|why| Decision::Withheld { why })
+    }
+}
+
 /// Counts of targets by status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -227,6 +308,52 @@ mod tests {
             impaired_since: None,
             message: Some("refused"),
         }
+    }
+
+    #[derive(Debug)]
+    struct Manual(std::sync::Mutex<Timestamp>);
+
+    impl super::super::clock::Clock for Manual {
+        fn now(&self) -> Timestamp {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        }
+    }
+
+    #[test]
+    fn the_controllers_verdict_gates_actions_and_goes_stale() {
+        let clock = std::sync::Arc::new(Manual(std::sync::Mutex::new(
+            Timestamp::from_second(1_700_000_000).unwrap_or_else(|e| panic!("{e}")),
+        )));
+        let gate = ControllerVerdicts::new(std::time::Duration::from_secs(300), clock.clone());
+        let (web, db, new) =
+            (CheckKey::new("ns", "web"), CheckKey::new("ns", "db"), CheckKey::new("ns", "new"));
+        let withheld = |d: Option<Decision>| match d {
+            Some(Decision::Withheld { why }) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            withheld(gate.blocked(&web, None, 1, 10)).contains("not been read"),
+            "never synced: no action"
+        );
+        gate.replace([(web.clone(), Some(true)), (db.clone(), Some(false)), (new.clone(), None)]);
+        assert_eq!(gate.blocked(&web, None, 1, 10), None);
+        assert!(withheld(gate.blocked(&db, None, 1, 10)).contains("remediationAllowed is false"));
+        assert!(withheld(gate.blocked(&new, None, 1, 10)).contains("not written"));
+        assert!(withheld(gate.blocked(&CheckKey::new("ns", "gone"), None, 1, 10)).contains("not known"));
+        // The agent's own count still blocks a local mass failure.
+        let local = gate.blocked(&web, Some(Limit::Count(1)), 5, 10);
+        assert!(matches!(local, Some(Decision::MassFailure { unhealthy: 5, .. })), "{local:?}");
+        // An outage: the last verdict holds for the staleness, then nothing acts.
+        let advance = |secs: i64| {
+            let mut t = clock.0.lock().unwrap_or_else(|p| p.into_inner());
+            *t = t.checked_add(jiff::SignedDuration::from_secs(secs)).unwrap_or_else(|e| panic!("{e}"));
+        };
+        advance(299);
+        assert_eq!(gate.blocked(&web, None, 1, 10), None);
+        advance(2);
+        assert!(withheld(gate.blocked(&web, None, 1, 10)).contains("last read 301s ago"));
+        gate.confirm();
+        assert_eq!(gate.blocked(&web, None, 1, 10), None, "current again");
     }
 
     fn condition<'a>(s: &'a HealthCheckStatus, kind: &str) -> &'a Condition {

@@ -111,6 +111,7 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
                         env: Vec::new(),
                         container: None,
                         vm: None,
+                        ports: Vec::new(),
                     };
                     assign(&instance, target, false);
                     instances.entry(instance.id.clone()).or_insert(instance);
@@ -156,11 +157,19 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
                 use kube::core::SelectorExt;
                 for i in discovered.iter().filter(|i| {
                     i.kind == InstanceKind::Pod
-                        && i.labels.get(POD_NAMESPACE_LABEL) == Some(&check.key.namespace)
+                        && i.namespace.as_deref() == Some(check.key.namespace.as_str())
                         && selector.matches(&i.labels)
                 }) {
-                    let Some(address) = &i.address else { continue };
-                    assign(i, Target::new(address.clone()), false);
+                    // Not Running, or terminating: tracked, not probed. Running without an IP
+                    // yet: not yet a target.
+                    let address = match (&i.on_hold, &i.address) {
+                        (Some(_), _) => String::new(),
+                        (None, Some(address)) => address.clone(),
+                        (None, None) => continue,
+                    };
+                    let mut target = Target::new(address);
+                    target.ports.clone_from(&i.ports);
+                    assign(i, target, false);
                 }
             }
         }
@@ -173,9 +182,6 @@ pub fn plan(node: &NodeInfo, checks: &[Arc<CheckDef>], discovered: &[Instance], 
     }
     Plan { instances: instances.into_values().collect(), assignments, notes }
 }
-
-/// Label carrying a pod's namespace on its instance.
-pub const POD_NAMESPACE_LABEL: &str = "vigil.dev/namespace";
 
 fn with_env(mut target: Target, instance: &Instance) -> Target {
     target.env = vec![

@@ -4,6 +4,7 @@
 //! containers, VMs and pods come from their runtimes.
 
 pub mod host;
+pub mod pods;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -104,6 +105,8 @@ pub struct Instance {
     /// Why the instance is deliberately out of service (paused or stopped by its owner): its
     /// checks are `not-applicable` and nothing is restarted.
     pub on_hold: Option<String>,
+    /// Named ports (a pod's container ports), for probes that name their port.
+    pub ports: Vec<(String, u16)>,
     /// The instance's own part of its System check (its runtime reachable…), beside the host's.
     pub system: Vec<Observation>,
     /// Its Attached-volume observations (for the host they come from the host assessment).
@@ -125,6 +128,7 @@ impl Instance {
             claimed: None,
             runtime_id: None,
             on_hold: None,
+            ports: Vec::new(),
             system: Vec::new(),
             volumes: Vec::new(),
         }
@@ -144,6 +148,7 @@ impl Instance {
             claimed: None,
             runtime_id: None,
             on_hold: None,
+            ports: Vec::new(),
             system: Vec::new(),
             volumes: Vec::new(),
         }

@@ -404,6 +404,8 @@ pub struct Target {
     pub container: Option<String>,
     /// The VM (its QMP socket), for `qmp` probes.
     pub vm: Option<String>,
+    /// Named ports of the target (a pod's container ports).
+    pub ports: Vec<(String, u16)>,
 }
 
 impl Target {
@@ -416,6 +418,7 @@ impl Target {
             env: Vec::new(),
             container: None,
             vm: None,
+            ports: Vec::new(),
         }
     }
 }
@@ -572,7 +575,16 @@ pub fn effective_port(
     }
     match probe_port {
         Some(PortRef::Number(n)) => Ok(*n),
-        Some(PortRef::Name(name)) => Err(format!("named port {name:?} can only be resolved for pods")),
+        Some(PortRef::Name(name)) => match target.ports.iter().find(|(n, _)| n == name) {
+            Some((_, port)) => Ok(*port),
+            None if target.ports.is_empty() => {
+                Err(format!("named port {name:?} can only be resolved for pods"))
+            }
+            None => Err(format!(
+                "the pod has no container port named {name:?} (it has {})",
+                target.ports.iter().map(|(n, p)| format!("{n}={p}")).collect::<Vec<_>>().join(", ")
+            )),
+        },
         None => default.ok_or_else(|| "no port: set the probe's port or give host:port".to_owned()),
     }
 }

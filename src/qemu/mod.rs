@@ -293,6 +293,7 @@ impl QemuRuntime {
                     runtime_id: Some(vm.qmp_socket.display().to_string()),
                     on_hold: (vm.qmp.is_ok() && vm.status.as_deref() == Some("paused"))
                         .then(|| "paused by its operator".to_owned()),
+                    ports: Vec::new(),
                     system,
                     volumes: vm.volumes.clone(),
                 }

@@ -2,6 +2,7 @@
 //! API server. Both read the store's change feed and render its views here ([`render`]);
 //! metrics are scraped from the store directly.
 
+pub mod apiserver;
 pub mod render;
 pub mod restore;
 pub mod statedir;

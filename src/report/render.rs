@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
 use crate::api::{
-    self, CheckResult, HealthCheck, InstanceRef, InstanceStatus, InstanceStatusSpec, InstanceStatusStatus,
-    RestartRecord, Restarts, StatusDetail, StatusSummary,
+    self, CheckResult, HealthCheck, InstanceKind, InstanceRef, InstanceStatus, InstanceStatusSpec,
+    InstanceStatusStatus, RestartRecord, Restarts, StatusDetail, StatusSummary,
 };
 use crate::engine::store::Store;
 use crate::engine::store::view::{Changes, CheckView, DetailView, InstanceView, Summary};
@@ -74,6 +74,17 @@ fn detail(d: &DetailView) -> StatusDetail {
     }
 }
 
+/// The name of an instance's InstanceStatus: its id, without the namespace that a pod's id
+/// starts with (the object lives in that namespace).
+pub fn object_name(i: &crate::inventory::Instance) -> String {
+    match &i.namespace {
+        Some(ns) => {
+            i.id.strip_prefix(ns.as_str()).and_then(|r| r.strip_prefix('.')).unwrap_or(&i.id).to_owned()
+        }
+        None => i.id.clone(),
+    }
+}
+
 /// An instance as its InstanceStatus document.
 pub fn instance_status(view: &InstanceView, namespace: &str) -> InstanceStatus {
     let i = &view.instance;
@@ -121,10 +132,22 @@ pub fn instance_status(view: &InstanceView, namespace: &str) -> InstanceStatus {
             },
         },
     );
+    // A pod's InstanceStatus belongs to the pod: the garbage collector removes it with it.
+    let owners = match (i.kind, &i.runtime_id) {
+        (InstanceKind::Pod, Some(uid)) => Some(vec![OwnerReference {
+            api_version: "v1".to_owned(),
+            kind: "Pod".to_owned(),
+            name: i.name.clone(),
+            uid: uid.clone(),
+            ..OwnerReference::default()
+        }]),
+        _ => None,
+    };
     doc.metadata = ObjectMeta {
-        name: Some(i.id.clone()),
+        name: Some(object_name(i)),
         namespace: Some(i.namespace.clone().unwrap_or_else(|| namespace.to_owned())),
         labels: Some(labels),
+        owner_references: owners,
         creation_timestamp: Some(time(view.first_seen)),
         ..ObjectMeta::default()
     };

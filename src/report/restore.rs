@@ -18,8 +18,12 @@ use crate::probe::Reason;
 /// saved under when that is not its id (an earlier version's); `None` for a document without
 /// a name.
 pub fn restored(doc: InstanceStatus, node: &str) -> Option<(Restored, Option<String>)> {
-    let saved = doc.metadata.name.clone()?;
     let instance = &doc.spec.instance;
+    // A pod's object is named without the namespace its id starts with.
+    let saved = match instance.kind {
+        InstanceKind::Pod if !instance.id.is_empty() => instance.id.clone(),
+        _ => doc.metadata.name.clone()?,
+    };
     let raw = match instance.kind {
         InstanceKind::Endpoint => instance.address.as_deref().unwrap_or(&instance.name),
         _ => &instance.name,

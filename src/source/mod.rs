@@ -3,6 +3,7 @@
 //! Every source feeds a [`Catalog`], which keeps the last valid definition of each check running
 //! when an edit makes it invalid, and numbers generations for sources that have none.
 
+pub mod api;
 pub mod folder;
 
 use std::collections::BTreeMap;

@@ -20,6 +20,9 @@ pub struct Agent {
     /// Log file.
     pub log: PathBuf,
     extra: Vec<String>,
+    /// The mode's arguments (standalone: the two folders).
+    mode: Vec<String>,
+    node: String,
 }
 
 /// A free port on loopback.
@@ -42,6 +45,12 @@ impl Agent {
         let state = dir.join("state");
         std::fs::create_dir_all(&checks).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mode = vec![
+            "--checks-dir".to_owned(),
+            checks.display().to_string(),
+            "--state-dir".to_owned(),
+            state.display().to_string(),
+        ];
         let mut agent = Agent {
             child: None,
             addr,
@@ -49,8 +58,33 @@ impl Agent {
             state,
             log: dir.join("agent.log"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            mode,
+            node: "test-node".to_owned(),
         };
         agent.spawn_process();
+        agent
+    }
+
+    /// Starts an agent in Kubernetes mode for `node`, with `kubeconfig`, its log under `dir`,
+    /// and waits until it is ready.
+    pub fn start_in_cluster(dir: &Path, kubeconfig: &Path, node: &str, extra: &[&str]) -> Agent {
+        std::fs::create_dir_all(dir).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut agent = Agent {
+            child: None,
+            addr,
+            checks: dir.join("unused"),
+            state: dir.join("unused"),
+            log: dir.join("agent.log"),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            mode: vec![
+                "--kubernetes".to_owned(),
+                "--kubeconfig".to_owned(),
+                kubeconfig.display().to_string(),
+            ],
+            node: node.to_owned(),
+        };
+        agent.spawn();
         agent
     }
 
@@ -66,12 +100,9 @@ impl Agent {
         let docker: &[&str] =
             if self.extra.iter().any(|a| a == "--docker-socket") { &[] } else { &["--no-docker"] };
         let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["agent", "--node-name", "test-node", "--host-interval", "1s", "--rescan-interval", "2s"])
+            .args(["agent", "--node-name", &self.node, "--host-interval", "1s", "--rescan-interval", "2s"])
             .args(docker)
-            .arg("--checks-dir")
-            .arg(&self.checks)
-            .arg("--state-dir")
-            .arg(&self.state)
+            .args(&self.mode)
             .arg("--listen")
             .arg(self.addr.to_string())
             .args(&self.extra)

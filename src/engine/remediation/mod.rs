@@ -51,6 +51,12 @@ pub enum Decision {
     },
     /// An action on this target is still running.
     InProgress,
+    /// The controller, which sees the whole fleet, has not allowed remediation for this check
+    /// (or what it said is not known here).
+    Withheld {
+        /// Why, for a person.
+        why: String,
+    },
     /// Too many targets of the check are impaired: a platform problem.
     MassFailure {
         /// Impaired targets.
@@ -73,6 +79,7 @@ impl Decision {
                 "{count} actions within {}s (maxRestarts): leaving it alone until the window moves on",
                 window.as_secs()
             )),
+            Decision::Withheld { why } => Some(why.clone()),
             Decision::MassFailure { unhealthy, total, limit } => Some(format!(
                 "{unhealthy} of {total} targets are impaired, above maxUnhealthy {limit}: not acting on any"
             )),
