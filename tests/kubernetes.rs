@@ -549,6 +549,10 @@ async fn an_api_server_outage_refuses_connections_and_loses_nothing() {
     plane.delete_namespace(&namespace).await.unwrap();
 }
 
+/// Tests that run agents take turns: the API server counts requests for the whole cluster, and
+/// one test's writes would be counted in another's steady state.
+static AGENTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The agent in Kubernetes mode against the real API server: a pod on its node (its status set
 /// by the test, as there is no kubelet) probed at its IP on the named port; the pod's
 /// InstanceStatus in the pod's namespace, owned by the Pod; the node's Lease; writes only on
@@ -560,6 +564,7 @@ async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
     use support::agent::Agent;
     use support::servers::HttpTarget;
 
+    let _turn = AGENTS.lock().await;
     let plane = control_plane().await;
     let namespace = plane.namespace("agent").await.unwrap();
     let client = plane.client().await.unwrap();
@@ -642,6 +647,28 @@ async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
         statuses.get("pod-web-1").await.ok().filter(|d| check_status(d).as_deref() == Some("impaired"))
     })
     .await;
+    // An Event for people, regarding the InstanceStatus and related to the Pod.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &namespace);
+    let impaired = eventually("an Event says the check is impaired", Duration::from_secs(20), || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("CheckImpaired"))
+    })
+    .await;
+    let regarding = impaired.regarding.clone().unwrap_or_default();
+    assert_eq!(
+        (regarding.kind.as_deref(), regarding.name.as_deref()),
+        (Some("InstanceStatus"), Some("pod-web-1"))
+    );
+    let related = impaired.related.clone().unwrap_or_default();
+    assert_eq!((related.kind.as_deref(), related.name.as_deref()), (Some("Pod"), Some("web-1")));
+    assert_eq!(impaired.type_.as_deref(), Some("Warning"));
+    assert!(impaired.note.as_deref().unwrap_or("").contains("ok → impaired"), "{:?}", impaired.note);
+    assert_eq!(impaired.reporting_controller.as_deref(), Some("vigil.dev/agent"));
     let failing = plane.request_counts().await.unwrap().since(&before);
     let written = writes(&failing);
     assert!((1..=4).contains(&written), "{written} writes for one transition: {:?}", failing.all());
@@ -655,6 +682,63 @@ async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
             Err(kube::Error::Api(s)) if s.code == 404 => Some(()),
             _ => None,
         }
+    })
+    .await;
+    drop(agent);
+    plane.delete_namespace(&namespace).await.unwrap();
+}
+
+/// In a cluster an agent acts only on the controller's word: an impaired target with an `exec`
+/// action is left alone until `status.remediationAllowed` is true (written here as the
+/// controller would), and then acted on, with an Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_in_a_cluster_acts_only_when_the_controller_allows_it() {
+    use support::agent::Agent;
+
+    let _turn = AGENTS.lock().await;
+    let plane = control_plane().await;
+    let namespace = plane.namespace("gate").await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let node = format!("{namespace}-n1");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("acted");
+    let checks: Api<HealthCheck> = Api::namespaced(client.clone(), &namespace);
+    let check: HealthCheck = serde_json::from_value(json!({
+        "apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck",
+        "metadata": {"name": "disk"},
+        "spec": {"target": {"host": {}},
+                 "probe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 2},
+                 "action": {"type": "exec", "exec": {"command": ["touch", marker.display().to_string()]},
+                            "backoff": {"initialSeconds": 1}}},
+    }))
+    .unwrap();
+    checks.create(&PostParams::default(), &check).await.unwrap();
+    let kubeconfig = plane.kubeconfig();
+    let args = ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str()];
+    let agent = tokio::task::block_in_place(|| {
+        Agent::start_in_cluster(&dir.path().join("agent"), &kubeconfig, &node, &args)
+    });
+    let statuses: Api<InstanceStatus> = Api::namespaced(client.clone(), &namespace);
+    let host = format!("host-{node}");
+    eventually("the host check is impaired", Duration::from_secs(30), || async {
+        let doc = statuses.get(&host).await.ok()?;
+        (doc.status?.checks.first()?.status == vigil::api::CheckStatus::Impaired).then_some(())
+    })
+    .await;
+    // Impaired for several periods, and no verdict from the controller: nothing is done.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!marker.exists(), "acted without the controller's word\n{}", agent.logs());
+    let patch = json!({"status": {"remediationAllowed": true}});
+    checks.patch_status("disk", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    eventually("the action runs once allowed", Duration::from_secs(20), || async {
+        marker.exists().then_some(())
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &namespace);
+    eventually("an Event records the action", Duration::from_secs(20), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some("ExecSucceeded")).map(|_| ())
     })
     .await;
     drop(agent);

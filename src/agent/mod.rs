@@ -551,6 +551,13 @@ async fn kubernetes(
         }),
     ));
     {
+        let (client, store, node) = (client.clone(), store.clone(), node.clone());
+        tasks.push((
+            "event recorder",
+            Box::new(move |cancel| Box::pin(crate::report::events::record(client, store, node, cancel))),
+        ));
+    }
+    {
         let (client, namespace, health, node) =
             (client.clone(), config.namespace.clone(), health.clone(), node.clone());
         tasks.push((

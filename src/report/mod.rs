@@ -3,6 +3,7 @@
 //! metrics are scraped from the store directly.
 
 pub mod apiserver;
+pub mod events;
 pub mod render;
 pub mod restore;
 pub mod statedir;
