@@ -38,6 +38,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the agent: probe, track status, report, remediate.
     Agent(Box<AgentArgs>),
+    /// Run the controller: every HealthCheck's status across the fleet, leader-elected.
+    Controller(ControllerArgs),
     /// Print the CustomResourceDefinitions.
     Crd,
     /// Run one probe now and print the outcome (exit 0 healthy, 1 unhealthy, 2 could not run).
@@ -200,6 +202,31 @@ pub struct AgentArgs {
     /// `systemctl restart vm@$VIGIL_VM_NAME`. It gets `VIGIL_VM_NAME` and `VIGIL_VM_DIR`.
     #[arg(long)]
     pub vm_restart_command: Option<String>,
+}
+
+/// `vigil controller`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// Kubeconfig file. Default: `KUBECONFIG`, `~/.kube/config`, or the pod's ServiceAccount.
+    #[arg(long, env = "VIGIL_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:9734", env = "VIGIL_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Namespace of the leader Lease (the controller's own). In a pod, give it `POD_NAMESPACE`.
+    #[arg(long, default_value = "default", env = "VIGIL_CONTROLLER_NAMESPACE")]
+    pub namespace: String,
+
+    /// This replica's identity in the leader Lease. Default: the host name and process id (in a
+    /// pod, give it `POD_NAME`).
+    #[arg(long, env = "VIGIL_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// How long the leader Lease holds without renewal; a new leader takes over after it.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
 }
 
 /// `vigil check`.

@@ -25,6 +25,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod cluster;
+pub mod controller;
 pub mod crd;
 pub mod docker;
 pub mod engine;

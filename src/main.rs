@@ -37,6 +37,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = runtime.block_on(vigil::check::run(args));
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(2)))
         }
+        Command::Controller(args) => {
+            vigil::telemetry::init(cli.log_format, &cli.log_level)?;
+            let config = vigil::controller::ControllerConfig::from_args(args);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(vigil::controller::run(config, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Agent(args) => {
             vigil::telemetry::init(cli.log_format, &cli.log_level)?;
             let config = vigil::agent::AgentConfig::from_args(*args)?;

@@ -744,3 +744,100 @@ async fn an_agent_in_a_cluster_acts_only_when_the_controller_allows_it() {
     drop(agent);
     plane.delete_namespace(&namespace).await.unwrap();
 }
+
+/// The real `vigil controller` beside a real agent: it writes each HealthCheck's status across
+/// the fleet — `remediationAllowed`, on which the agent then acts, the counts from every node's
+/// InstanceStatus, and `Invalid` naming the field of a spec that cannot run — only when it
+/// changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_aggregates_the_fleet_and_allows_remediation() {
+    use std::process::{Command, Stdio};
+    use support::agent::{Agent, free_port};
+
+    let _turn = AGENTS.lock().await;
+    let plane = control_plane().await;
+    let namespace = plane.namespace("ctrl").await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let node = format!("{namespace}-n1");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("acted");
+    let checks: Api<HealthCheck> = Api::namespaced(client.clone(), &namespace);
+    let failing: HealthCheck = serde_json::from_value(json!({
+        "apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck",
+        "metadata": {"name": "disk"},
+        "spec": {"target": {"host": {}},
+                 "probe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 2},
+                 "action": {"type": "exec", "exec": {"command": ["touch", marker.display().to_string()]}}},
+    }))
+    .unwrap();
+    checks.create(&PostParams::default(), &failing).await.unwrap();
+    let invalid: HealthCheck = serde_json::from_value(json!({
+        "apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck",
+        "metadata": {"name": "wrong"},
+        "spec": {"target": {"host": {}}, "probe": {"docker": {}}},
+    }))
+    .unwrap();
+    checks.create(&PostParams::default(), &invalid).await.unwrap();
+
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["controller", "--listen", &format!("127.0.0.1:{port}"), "--namespace", &namespace])
+        .arg("--kubeconfig")
+        .arg(plane.kubeconfig())
+        .args(["--lease-duration", "4s"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let controller_log = || std::fs::read_to_string(dir.path().join("controller.log")).unwrap_or_default();
+    eventually("the controller is ready", Duration::from_secs(30), || async {
+        let (code, _) = tokio::task::block_in_place(|| {
+            support::agent::request(format!("127.0.0.1:{port}").parse().unwrap(), "GET", "/readyz", &[])
+        })
+        .ok()?;
+        (code == 200).then_some(())
+    })
+    .await;
+
+    let kubeconfig = plane.kubeconfig();
+    let args = ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str()];
+    let agent = tokio::task::block_in_place(|| {
+        Agent::start_in_cluster(&dir.path().join("agent"), &kubeconfig, &node, &args)
+    });
+    let wrong = eventually("the invalid HealthCheck says why", Duration::from_secs(30), || async {
+        let status = checks.get("wrong").await.ok()?.status?;
+        status.conditions.into_iter().find(|c| c.type_ == "Invalid" && c.status == "True")
+    })
+    .await;
+    assert!(wrong.message.contains("spec.probe.docker"), "{}", wrong.message);
+    eventually("the action runs once the controller allows it", Duration::from_secs(30), || async {
+        marker.exists().then_some(())
+    })
+    .await;
+    let status = checks.get("disk").await.unwrap().status.unwrap();
+    assert_eq!(status.remediation_allowed, Some(true), "{status:?}");
+    assert_eq!(status.targets, 1, "{status:?}");
+    assert_eq!(status.observed_generation, Some(1));
+    // Written only when it changes: a quiet spell writes nothing.
+    eventually("the status settles", Duration::from_secs(30), || async {
+        let before = plane.request_counts().await.ok()?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let quiet = plane.request_counts().await.ok()?.since(&before);
+        (quiet.get("patch", "healthchecks/status") == 0).then_some(())
+    })
+    .await;
+    let metrics = tokio::task::block_in_place(|| {
+        support::agent::request(format!("127.0.0.1:{port}").parse().unwrap(), "GET", "/metrics", &[])
+    })
+    .unwrap()
+    .1;
+    assert!(metrics.contains("vigil_controller_leader 1"), "{metrics}\n{}", controller_log());
+    assert!(metrics.contains("vigil_controller_status_writes_total{result=\"ok\"}"), "{metrics}");
+    let _ = controller.kill();
+    let _ = controller.wait();
+    drop(agent);
+    plane.delete_namespace(&namespace).await.unwrap();
+}

@@ -1,0 +1,468 @@
+//! The controller (`vigil controller`, leader-elected): reads every HealthCheck and every
+//! InstanceStatus in the cluster and writes each HealthCheck's status across all nodes — the
+//! validation (`Invalid` naming the field), the counts, the bounded unhealthy list, `Ready` and
+//! `Degraded`, `observedGeneration`, and `remediationAllowed` from `maxUnhealthy` over the whole
+//! fleet (the agents act only while it is true). The status is the engine's pure aggregation
+//! ([`crate::engine::aggregate`]) and is written only when it changes, only while this replica
+//! holds the leader Lease, with exponential backoff per object after an error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::future::select;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use kube_lease_manager::LeaseManagerBuilder;
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{self, HealthCheck, HealthCheckStatus, InstanceStatus};
+use crate::cluster::{CONTROLLER_MANAGER, ClusterError, Objects, watch_message};
+use crate::engine::aggregate::{self, CheckFacts, TargetResult};
+use crate::health::{Health, Readiness};
+use crate::http::{self, ServerConfig};
+use crate::model::CheckKey;
+use crate::report::apiserver::error_message;
+use crate::source::{Catalog, Loaded};
+
+/// Name of the controller's leader Lease.
+pub const LEADER_LEASE: &str = "vigil-controller";
+/// Changes that come within this much of each other are reconciled together.
+const SETTLE: Duration = Duration::from_millis(200);
+/// Longest backoff of one object after errors.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The controller's effective configuration.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerConfig {
+    /// Kubeconfig file (`None`: inferred).
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// HTTP listener (health, readiness, metrics).
+    pub listen: SocketAddr,
+    /// Namespace of the leader Lease.
+    pub namespace: String,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+    /// How long the leader Lease holds without renewal, seconds.
+    pub lease_duration_seconds: u64,
+}
+
+impl ControllerConfig {
+    /// The configuration the arguments describe.
+    pub fn from_args(args: crate::cli::ControllerArgs) -> ControllerConfig {
+        let crate::cli::ControllerArgs { kubeconfig, listen, namespace, identity, lease_duration } = args;
+        let identity = identity.unwrap_or_else(|| {
+            let host =
+                crate::inventory::host::figures().map(|f| f.hostname).unwrap_or_else(|_| "vigil".to_owned());
+            format!("{host}-{}", std::process::id())
+        });
+        ControllerConfig {
+            kubeconfig,
+            listen,
+            namespace,
+            identity,
+            lease_duration_seconds: lease_duration.as_secs().max(2),
+        }
+    }
+}
+
+/// Why the controller could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The API server cannot be used.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The leader Lease cannot be used.
+    #[error("cannot set up the leader Lease")]
+    Lease(#[source] kube_lease_manager::LeaseManagerError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("cannot register metrics")]
+    Metrics(#[source] prometheus::Error),
+    /// The HTTP server failed.
+    #[error("the HTTP server stopped")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The controller's own figures.
+#[derive(Clone, Debug)]
+pub struct ControllerMetrics {
+    /// Reconcile rounds by result.
+    pub reconciles: IntCounterVec,
+    /// Status writes by result.
+    pub status_writes: IntCounterVec,
+    /// Errors by bounded category.
+    pub errors: IntCounterVec,
+    /// 1 while this replica leads.
+    pub leader: IntGauge,
+    /// HealthChecks waiting for a retry after an error.
+    pub backing_off: IntGauge,
+}
+
+impl ControllerMetrics {
+    /// Registers the families in `registry`.
+    pub fn register(registry: &Registry) -> Result<ControllerMetrics, prometheus::Error> {
+        let m = ControllerMetrics {
+            reconciles: IntCounterVec::new(
+                Opts::new(
+                    "vigil_controller_reconciles_total",
+                    "Reconcile rounds over every HealthCheck, by result.",
+                ),
+                &["result"],
+            )?,
+            status_writes: IntCounterVec::new(
+                Opts::new("vigil_controller_status_writes_total", "HealthCheck status writes, by result."),
+                &["result"],
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new("vigil_controller_errors_total", "Errors, by category (watch, write)."),
+                &["category"],
+            )?,
+            leader: IntGauge::new("vigil_controller_leader", "1 while this replica holds the leader Lease.")?,
+            backing_off: IntGauge::new(
+                "vigil_controller_backoff_objects",
+                "HealthChecks whose status write failed and waits for its retry.",
+            )?,
+        };
+        registry.register(Box::new(m.reconciles.clone()))?;
+        registry.register(Box::new(m.status_writes.clone()))?;
+        registry.register(Box::new(m.errors.clone()))?;
+        registry.register(Box::new(m.leader.clone()))?;
+        registry.register(Box::new(m.backing_off.clone()))?;
+        Ok(m)
+    }
+}
+
+/// What the HTTP handlers read.
+#[derive(Clone, Debug)]
+struct State2 {
+    health: Arc<Health>,
+    readiness: Arc<Readiness>,
+    registry: Registry,
+}
+
+/// Retries of one object.
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    failures: u32,
+    until: tokio::time::Instant,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    config: ControllerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ControllerError> {
+    let registry = Registry::new();
+    let metrics = ControllerMetrics::register(&registry).map_err(ControllerError::Metrics)?;
+    let health = Health::new();
+    let readiness = Readiness::new();
+    let checks_listed = readiness.handle("HealthChecks listed");
+    let statuses_listed = readiness.handle("InstanceStatus listed");
+    let client = crate::cluster::client(config.kubeconfig.as_deref()).await?;
+
+    let lease = LeaseManagerBuilder::new(client.clone(), LEADER_LEASE)
+        .with_namespace(config.namespace.clone())
+        .with_identity(config.identity.clone())
+        .with_duration(config.lease_duration_seconds)
+        .with_grace((config.lease_duration_seconds / 3).max(1))
+        .with_field_manager(CONTROLLER_MANAGER)
+        .build()
+        .await
+        .map_err(ControllerError::Lease)?;
+    let (mut leading, lease_task) = lease.watch().await;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ControllerError::Listen { addr: config.listen, source })?;
+    info!(listen = %config.listen, identity = config.identity, "controller serving health and metrics");
+    let cancel = CancellationToken::new();
+    let state = State2 { health: health.clone(), readiness: readiness.clone(), registry };
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(http::not_found)
+        .with_state(state);
+    let server = tokio::spawn(http::serve(
+        listener,
+        router,
+        ServerConfig::default(),
+        cancel.clone().cancelled_owned(),
+    ));
+    {
+        let health = health.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = tick.tick() => health.beat(),
+                }
+            }
+        });
+    }
+
+    let resource = ApiResource::erase::<HealthCheck>(&());
+    let mut checks: Objects<DynamicObject> =
+        Objects::new(Api::all_with(client.clone(), &resource), watcher::Config::default());
+    let mut statuses: Objects<InstanceStatus> =
+        Objects::new(Api::all(client.clone()), watcher::Config::default());
+    let mut reconciler = Reconciler {
+        client,
+        catalog: Catalog::default(),
+        written: HashMap::new(),
+        backoff: HashMap::new(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    let (mut checks_listed, mut statuses_listed) = (Some(checks_listed), Some(statuses_listed));
+    let work = async {
+        loop {
+            let retry_at = reconciler.backoff.values().map(|b| b.until).min();
+            let mut dirty = tokio::select! {
+                r = checks.changed() => reconciler.watched("HealthCheck", r),
+                r = statuses.changed() => reconciler.watched("InstanceStatus", r),
+                r = leading.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let now = *leading.borrow_and_update();
+                    metrics.leader.set(i64::from(now));
+                    info!(leading = now, "leadership changed");
+                    // A new leader writes whatever differs; a former one stops at once.
+                    reconciler.written.clear();
+                    now
+                }
+                () = async {
+                    match retry_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            if checks.synced()
+                && let Some(h) = checks_listed.take()
+            {
+                h.release();
+            }
+            if statuses.synced()
+                && let Some(h) = statuses_listed.take()
+            {
+                h.release();
+            }
+            // Let a burst settle into one round.
+            while let Ok(changed) = tokio::time::timeout(SETTLE, async {
+                tokio::select! {
+                    r = checks.changed() => reconciler.watched("HealthCheck", r),
+                    r = statuses.changed() => reconciler.watched("InstanceStatus", r),
+                }
+            })
+            .await
+            {
+                dirty |= changed;
+            }
+            if dirty && checks.synced() && statuses.synced() {
+                let lead = *leading.borrow();
+                reconciler.round(checks.current(), statuses.current(), lead).await;
+            }
+        }
+    };
+    tokio::pin!(shutdown);
+    tokio::pin!(work);
+    select(shutdown, work).await;
+    cancel.cancel();
+    lease_task.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    Ok(())
+}
+
+struct Reconciler {
+    client: Client,
+    catalog: Catalog,
+    /// The status last written (or seen) per HealthCheck, to write only changes.
+    written: HashMap<CheckKey, serde_json::Value>,
+    backoff: HashMap<CheckKey, Backoff>,
+    metrics: ControllerMetrics,
+    health: Arc<Health>,
+}
+
+impl Reconciler {
+    /// Notes a watch result; `true` when something changed.
+    fn watched(&self, what: &str, result: Result<(), watcher::Error>) -> bool {
+        match result {
+            Ok(()) => {
+                self.health.set("watch", Vec::new());
+                true
+            }
+            Err(e) => {
+                self.metrics.errors.with_label_values(&["watch"]).inc();
+                let problem = format!("watching {what}: {}", watch_message(&e));
+                warn!("{problem}");
+                self.health.set("watch", vec![problem]);
+                false
+            }
+        }
+    }
+
+    /// Computes every HealthCheck's status and writes those that changed (when leading).
+    async fn round(
+        &mut self,
+        checks: &BTreeMap<String, DynamicObject>,
+        statuses: &BTreeMap<String, InstanceStatus>,
+        lead: bool,
+    ) {
+        let now = jiff::Timestamp::now();
+        let mut loaded = Vec::new();
+        let mut undecodable = Vec::new();
+        let mut current: HashMap<CheckKey, Option<HealthCheckStatus>> = HashMap::new();
+        for object in checks.values() {
+            let key = CheckKey::new(
+                object.metadata.namespace.clone().unwrap_or_default(),
+                object.metadata.name.clone().unwrap_or_default(),
+            );
+            let status = object.data.get("status").and_then(|s| serde_json::from_value(s.clone()).ok());
+            current.insert(key.clone(), status);
+            match decode(object) {
+                Ok(hc) => loaded.push(Loaded { object: hc, origin: format!("HealthCheck {key}") }),
+                Err(e) => undecodable.push((key, object.metadata.generation.unwrap_or(1), e)),
+            }
+        }
+        let infos = self.catalog.update(loaded, true);
+        // Every target's result, by HealthCheck, from every node's InstanceStatus.
+        let mut results: HashMap<String, Vec<TargetResult<'_>>> = HashMap::new();
+        for doc in statuses.values() {
+            let Some(status) = &doc.status else { continue };
+            let i = &doc.spec.instance;
+            for c in &status.checks {
+                results.entry(c.health_check.clone()).or_default().push(TargetResult {
+                    id: &i.id,
+                    kind: i.kind,
+                    node: &i.node,
+                    status: c.status,
+                    impaired_since: c.impaired_since.as_ref().map(|t| t.0),
+                    message: c.message.as_deref(),
+                });
+            }
+        }
+        let mut wanted: Vec<(CheckKey, HealthCheckStatus)> = Vec::new();
+        for info in &infos {
+            let previous =
+                current.get(&info.key).cloned().flatten().map(|s| s.conditions).unwrap_or_default();
+            let facts = CheckFacts {
+                generation: info.generation,
+                invalid: info.invalid.as_deref(),
+                running: info.def.as_deref(),
+                note: None,
+            };
+            let targets = results.remove(&info.key.to_string()).unwrap_or_default();
+            wanted.push((info.key.clone(), aggregate::health_check_status(&facts, targets, &previous, now)));
+        }
+        for (key, generation, error) in undecodable {
+            let previous = current.get(&key).cloned().flatten().map(|s| s.conditions).unwrap_or_default();
+            let facts = CheckFacts { generation, invalid: Some(&error), running: None, note: None };
+            wanted.push((key, aggregate::health_check_status(&facts, Vec::new(), &previous, now)));
+        }
+        self.metrics.reconciles.with_label_values(&["ok"]).inc();
+        if !lead {
+            return;
+        }
+        let tnow = tokio::time::Instant::now();
+        for (key, status) in wanted {
+            let value = serde_json::to_value(&status).unwrap_or_default();
+            let on_server = current.get(&key).cloned().flatten().and_then(|s| serde_json::to_value(s).ok());
+            if on_server.as_ref() == Some(&value)
+                || self.written.get(&key) == Some(&value) && on_server.is_some()
+            {
+                self.written.insert(key.clone(), value);
+                continue;
+            }
+            if self.backoff.get(&key).is_some_and(|b| b.until > tnow) {
+                continue;
+            }
+            let api: Api<HealthCheck> = Api::namespaced(self.client.clone(), &key.namespace);
+            let body = json!({"apiVersion": api::API_VERSION, "kind": "HealthCheck", "metadata": {"name": key.name}, "status": status});
+            match api
+                .patch_status(
+                    &key.name,
+                    &PatchParams::apply(CONTROLLER_MANAGER).force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+            {
+                Ok(_) => {
+                    self.metrics.status_writes.with_label_values(&["ok"]).inc();
+                    self.backoff.remove(&key);
+                    self.written.insert(key, value);
+                }
+                Err(e) => {
+                    self.metrics.status_writes.with_label_values(&["error"]).inc();
+                    self.metrics.errors.with_label_values(&["write"]).inc();
+                    let failures = self.backoff.get(&key).map_or(1, |b| b.failures + 1);
+                    let wait =
+                        Duration::from_millis(500).saturating_mul(1 << failures.min(10)).min(MAX_BACKOFF);
+                    warn!(check = %key, failures, retry_in = ?wait, "cannot write the status: {}", error_message(&e));
+                    self.backoff.insert(key, Backoff { failures, until: tnow + wait });
+                }
+            }
+        }
+        self.backoff.retain(|k, _| current.contains_key(k));
+        self.metrics.backing_off.set(i64::try_from(self.backoff.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// The typed HealthCheck, or the field that does not decode and why.
+fn decode(object: &DynamicObject) -> Result<HealthCheck, String> {
+    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
+    })
+}
+
+async fn healthz(State(s): State<State2>) -> Response {
+    if s.health.alive(Duration::from_secs(30)) {
+        "ok\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not alive\n").into_response()
+    }
+}
+
+async fn readyz(State(s): State<State2>) -> Response {
+    if s.readiness.is_ready() {
+        "ok\n".into_response()
+    } else {
+        let why = s.readiness.waiting_for().join(", ");
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: waiting for: {why}\n")).into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<State2>) -> Response {
+    match crate::metrics::encode(&s.registry) {
+        Ok(text) => http::prometheus_text(text),
+        Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")),
+    }
+}
