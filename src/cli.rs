@@ -227,6 +227,11 @@ pub struct ControllerArgs {
     /// How long the leader Lease holds without renewal; a new leader takes over after it.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
+
+    /// How long an agent's Lease may go unrenewed before the System check of every instance of
+    /// its node is impaired (`reachability`).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_grace: Duration,
 }
 
 /// `vigil check`.

@@ -841,3 +841,69 @@ async fn the_controller_aggregates_the_fleet_and_allows_remediation() {
     drop(agent);
     plane.delete_namespace(&namespace).await.unwrap();
 }
+
+/// An agent that dies: after the grace period the controller marks the System check of its
+/// node's instances impaired (`reachability`), with an Event; the agent back clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_unreachable_until_its_agent_returns() {
+    use std::process::{Command, Stdio};
+    use support::agent::{Agent, free_port};
+
+    let _turn = AGENTS.lock().await;
+    let plane = control_plane().await;
+    let namespace = plane.namespace("loss").await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let node = format!("{namespace}-n1");
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["controller", "--listen", &format!("127.0.0.1:{}", free_port()), "--namespace", &namespace])
+        .arg("--kubeconfig")
+        .arg(plane.kubeconfig())
+        .args(["--lease-duration", "4s", "--node-grace", "4s"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let kubeconfig = plane.kubeconfig();
+    let args =
+        ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str(), "--lease-renew", "1s"];
+    let mut agent = tokio::task::block_in_place(|| {
+        Agent::start_in_cluster(&dir.path().join("agent"), &kubeconfig, &node, &args)
+    });
+    let statuses: Api<InstanceStatus> = Api::namespaced(client.clone(), &namespace);
+    let host = format!("host-{node}");
+    let system = |doc: InstanceStatus| doc.status.map(|s| s.system_status);
+    let reachability_failed = |s: &vigil::api::StatusSummary| {
+        s.details.iter().any(|d| d.name == "reachability" && d.status == vigil::api::CheckStatus::Impaired)
+    };
+    eventually("the host's status is written", Duration::from_secs(30), || async {
+        let s = system(statuses.get(&host).await.ok()?)?;
+        (!reachability_failed(&s)).then_some(())
+    })
+    .await;
+    agent.kill9();
+    let marked = eventually("the silent node's host is unreachable", Duration::from_secs(30), || async {
+        system(statuses.get(&host).await.ok()?).filter(reachability_failed)
+    })
+    .await;
+    assert_eq!(marked.status, vigil::api::CheckStatus::Impaired);
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &namespace);
+    eventually("an Event says the node is unreachable", Duration::from_secs(20), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some("NodeUnreachable")).map(|_| ())
+    })
+    .await;
+    tokio::task::block_in_place(|| agent.restart());
+    let back = eventually("the agent back clears it", Duration::from_secs(30), || async {
+        system(statuses.get(&host).await.ok()?).filter(|s| !reachability_failed(s))
+    })
+    .await;
+    assert_ne!(back.status, vigil::api::CheckStatus::Impaired, "{back:?}");
+    let _ = controller.kill();
+    let _ = controller.wait();
+    drop(agent);
+    plane.delete_namespace(&namespace).await.unwrap();
+}

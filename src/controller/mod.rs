@@ -6,6 +6,8 @@
 //! ([`crate::engine::aggregate`]) and is written only when it changes, only while this replica
 //! holds the leader Lease, with exponential backoff per object after an error.
 
+pub mod nodes;
+
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,7 +20,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::future::select;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -59,12 +64,22 @@ pub struct ControllerConfig {
     pub identity: String,
     /// How long the leader Lease holds without renewal, seconds.
     pub lease_duration_seconds: u64,
+    /// How long an agent's Lease may go unrenewed before its node's instances are impaired,
+    /// seconds.
+    pub node_grace_seconds: f64,
 }
 
 impl ControllerConfig {
     /// The configuration the arguments describe.
     pub fn from_args(args: crate::cli::ControllerArgs) -> ControllerConfig {
-        let crate::cli::ControllerArgs { kubeconfig, listen, namespace, identity, lease_duration } = args;
+        let crate::cli::ControllerArgs {
+            kubeconfig,
+            listen,
+            namespace,
+            identity,
+            lease_duration,
+            node_grace,
+        } = args;
         let identity = identity.unwrap_or_else(|| {
             let host =
                 crate::inventory::host::figures().map(|f| f.hostname).unwrap_or_else(|_| "vigil".to_owned());
@@ -76,6 +91,7 @@ impl ControllerConfig {
             namespace,
             identity,
             lease_duration_seconds: lease_duration.as_secs().max(2),
+            node_grace_seconds: node_grace.as_secs_f64(),
         }
     }
 }
@@ -231,6 +247,14 @@ pub async fn run(
         Objects::new(Api::all_with(client.clone(), &resource), watcher::Config::default());
     let mut statuses: Objects<InstanceStatus> =
         Objects::new(Api::all(client.clone()), watcher::Config::default());
+    let agent_leases = watcher::Config::default().labels(api::labels::NODE);
+    let mut leases: Objects<Lease> = Objects::new(Api::all(client.clone()), agent_leases);
+    let grace = Duration::from_secs_f64(config.node_grace_seconds.max(1.0));
+    let mut look_at_nodes = tokio::time::interval((grace / 4).max(Duration::from_secs(1)));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: "vigil.dev/controller".to_owned(), instance: Some(config.identity.clone()) },
+    );
     let mut reconciler = Reconciler {
         client,
         catalog: Catalog::default(),
@@ -246,6 +270,16 @@ pub async fn run(
             let mut dirty = tokio::select! {
                 r = checks.changed() => reconciler.watched("HealthCheck", r),
                 r = statuses.changed() => reconciler.watched("InstanceStatus", r),
+                r = leases.changed() => {
+                    reconciler.watched("Lease", r);
+                    false
+                }
+                _ = look_at_nodes.tick() => {
+                    if leases.synced() && statuses.synced() && *leading.borrow() {
+                        reconciler.mark_silent_nodes(leases.current(), statuses.current(), grace, &recorder).await;
+                    }
+                    false
+                }
                 r = leading.changed() => {
                     if r.is_err() {
                         return;
@@ -311,6 +345,63 @@ struct Reconciler {
 }
 
 impl Reconciler {
+    /// Marks the System check of every instance of a silent node impaired (once).
+    async fn mark_silent_nodes(
+        &mut self,
+        leases: &BTreeMap<String, Lease>,
+        statuses: &BTreeMap<String, InstanceStatus>,
+        grace: Duration,
+        recorder: &Recorder,
+    ) {
+        let silent = nodes::silent_nodes(leases.values(), grace, jiff::Timestamp::now());
+        if silent.is_empty() {
+            return;
+        }
+        for doc in statuses.values() {
+            let node = &doc.spec.instance.node;
+            let Some(since) = silent.get(node) else { continue };
+            let Some(current) = &doc.status else { continue };
+            let Some(system) = nodes::unreachable(&current.system_status, node, *since) else { continue };
+            let (Some(ns), Some(name)) = (&doc.metadata.namespace, &doc.metadata.name) else { continue };
+            let api: Api<InstanceStatus> = Api::namespaced(self.client.clone(), ns);
+            let body = json!({"apiVersion": api::API_VERSION, "kind": "InstanceStatus", "metadata": {"name": name},
+                              "status": {"systemStatus": system}});
+            match api
+                .patch_status(name, &PatchParams::apply(CONTROLLER_MANAGER).force(), &Patch::Apply(&body))
+                .await
+            {
+                Ok(_) => {
+                    self.metrics.status_writes.with_label_values(&["ok"]).inc();
+                    warn!(node, instance = %name, "node silent: System check impaired");
+                    let event = Event {
+                        type_: EventType::Warning,
+                        reason: "NodeUnreachable".to_owned(),
+                        note: Some(format!(
+                            "the agent of node {node} has not renewed its Lease since {since}"
+                        )),
+                        action: "MarkUnreachable".to_owned(),
+                        secondary: None,
+                    };
+                    let regarding = ObjectReference {
+                        api_version: Some(api::API_VERSION.to_owned()),
+                        kind: Some("InstanceStatus".to_owned()),
+                        name: Some(name.clone()),
+                        namespace: Some(ns.clone()),
+                        ..ObjectReference::default()
+                    };
+                    if let Err(e) = recorder.publish(&event, &regarding).await {
+                        warn!("cannot record an Event: {}", error_message(&e));
+                    }
+                }
+                Err(e) => {
+                    self.metrics.status_writes.with_label_values(&["error"]).inc();
+                    self.metrics.errors.with_label_values(&["write"]).inc();
+                    warn!(node, instance = %name, "cannot mark the instance unreachable: {}", error_message(&e));
+                }
+            }
+        }
+    }
+
     /// Notes a watch result; `true` when something changed.
     fn watched(&self, what: &str, result: Result<(), watcher::Error>) -> bool {
         match result {
