@@ -512,14 +512,18 @@ async fn kubernetes(
             }
         }
     };
+    let uids = apiserver::Uids::default();
     let writer = ApiWriter::new(
         client.clone(),
         store.clone(),
         health.clone(),
         metrics.clone(),
-        secs(*write_coalesce_seconds),
-        secs(config.status_refresh_seconds),
+        apiserver::Pace {
+            coalesce: secs(*write_coalesce_seconds),
+            refresh: secs(config.status_refresh_seconds),
+        },
         &loaded,
+        uids.clone(),
     );
     info!(instances = loaded.instances.len(), node, "InstanceStatus objects read back");
     store.restore(loaded.instances);
@@ -554,7 +558,9 @@ async fn kubernetes(
         let (client, store, node) = (client.clone(), store.clone(), node.clone());
         tasks.push((
             "event recorder",
-            Box::new(move |cancel| Box::pin(crate::report::events::record(client, store, node, cancel))),
+            Box::new(move |cancel| {
+                Box::pin(crate::report::events::record(client, store, node, uids, cancel))
+            }),
         ));
     }
     {

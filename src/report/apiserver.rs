@@ -38,6 +38,10 @@ const BATCH: usize = 256;
 /// Longest wait between retries of failed writes.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
+/// The uid of each instance's InstanceStatus as written, by instance id: Events name it, so
+/// that `kubectl describe` finds them.
+pub type Uids = Arc<std::sync::RwLock<HashMap<String, String>>>;
+
 /// Why the agent's InstanceStatus objects could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -61,6 +65,15 @@ struct Pending {
     doc: Option<InstanceStatus>,
 }
 
+/// How often the writer writes.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// Changes within this window are written as one apply.
+    pub coalesce: Duration,
+    /// Changes of counters and messages alone are looked at this often.
+    pub refresh: Duration,
+}
+
 /// Writes the store's changes into the API server.
 pub struct ApiWriter {
     client: Client,
@@ -78,6 +91,7 @@ pub struct ApiWriter {
     pending: HashMap<String, Pending>,
     /// Rewrite everything (the node was seen as lost and this agent is back).
     resync: Arc<Notify>,
+    uids: Uids,
 }
 
 /// The agent's objects read back: the instances to restore, and what the writer takes as
@@ -87,6 +101,7 @@ pub struct Loaded {
     /// Saved instance states.
     pub instances: Vec<Restored>,
     applied: Vec<(String, (String, String), Applied)>,
+    uids: Vec<(String, String)>,
 }
 
 /// Reads back every InstanceStatus of `node`'s agent.
@@ -101,7 +116,11 @@ pub async fn load(client: &Client, node: &str) -> Result<Loaded, LoadError> {
             continue;
         };
         let applied = Applied { meta: meta_hash(&doc), status: status_hash(&doc) };
+        let uid = doc.metadata.uid.clone();
         if let Some((restored, _)) = super::restore::restored(doc, node) {
+            if let Some(uid) = uid {
+                loaded.uids.push((restored.id.clone(), uid));
+            }
             loaded.applied.push((restored.id.clone(), (namespace, name), applied));
             loaded.instances.push(restored);
         }
@@ -122,10 +141,11 @@ impl ApiWriter {
         store: Arc<Store>,
         health: Arc<Health>,
         metrics: AgentMetrics,
-        coalesce: Duration,
-        refresh: Duration,
+        pace: Pace,
         loaded: &Loaded,
+        uids: Uids,
     ) -> ApiWriter {
+        let Pace { coalesce, refresh } = pace;
         let cursor = store.subscribe();
         let mut names = HashMap::new();
         let mut applied = HashMap::new();
@@ -133,6 +153,7 @@ impl ApiWriter {
             names.insert(id.clone(), place.clone());
             applied.insert(id.clone(), *a);
         }
+        uids.write().unwrap_or_else(|p| p.into_inner()).extend(loaded.uids.iter().cloned());
         ApiWriter {
             client,
             store,
@@ -145,6 +166,7 @@ impl ApiWriter {
             applied,
             pending: HashMap::new(),
             resync: Arc::new(Notify::new()),
+            uids,
         }
     }
 
@@ -263,6 +285,7 @@ impl ApiWriter {
             self.count(result.is_ok());
             if result.is_ok() {
                 self.applied.remove(id);
+                self.uids.write().unwrap_or_else(|p| p.into_inner()).remove(id);
                 debug!(id, "InstanceStatus deleted");
             }
             return result;
@@ -276,13 +299,19 @@ impl ApiWriter {
         if had.is_none_or(|h| h.meta != want.meta) {
             let result = api.patch(&p.name, &params, &Patch::Apply(object_body(doc))).await;
             self.count(result.is_ok());
-            result?;
+            self.note_uid(id, &result?);
         }
         let result = api.patch_status(&p.name, &params, &Patch::Apply(status_body(doc))).await;
         self.count(result.is_ok());
-        result?;
+        self.note_uid(id, &result?);
         self.applied.insert(id.to_owned(), want);
         Ok(())
+    }
+
+    fn note_uid(&self, id: &str, written: &InstanceStatus) {
+        if let Some(uid) = &written.metadata.uid {
+            self.uids.write().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), uid.clone());
+        }
     }
 
     fn count(&self, ok: bool) {

@@ -4,6 +4,7 @@
 //! (kube's `Recorder`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -18,7 +19,7 @@ use crate::cluster::EVENT_REPORTER;
 use crate::engine::feed::EngineEvent;
 use crate::engine::store::Store;
 use crate::engine::store::view::InstanceView;
-use crate::report::apiserver::error_message;
+use crate::report::apiserver::{Uids, error_message};
 
 /// The reason of a transition to `to`.
 pub fn transition_reason(to: CheckStatus) -> &'static str {
@@ -133,7 +134,7 @@ fn instance_of(event: &EngineEvent) -> &str {
 
 /// Records the store's events until `cancel`. An event that cannot be recorded is logged and
 /// dropped: Events are for people, and status carries the truth.
-pub async fn record(client: Client, store: Arc<Store>, node: String, cancel: CancellationToken) {
+pub async fn record(client: Client, store: Arc<Store>, node: String, uids: Uids, cancel: CancellationToken) {
     let recorder =
         Recorder::new(client, Reporter { controller: EVENT_REPORTER.to_owned(), instance: Some(node) });
     let mut events = store.events();
@@ -150,8 +151,18 @@ pub async fn record(client: Client, store: Arc<Store>, node: String, cancel: Can
                 Err(RecvError::Closed) => return,
             },
         };
-        let Some(instance) = store.instance(instance_of(&event)) else { continue };
-        let (event, regarding) = event_for(&event, &instance, store.namespace());
+        let id = instance_of(&event).to_owned();
+        let Some(instance) = store.instance(&id) else { continue };
+        let (event, mut regarding) = event_for(&event, &instance, store.namespace());
+        // The object may not be written yet (a new instance's first transition): give the
+        // writer a moment, so that the Event names its uid and `kubectl describe` shows it.
+        for _ in 0..25 {
+            regarding.uid = uids.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+            if regarding.uid.is_some() || cancel.is_cancelled() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         match recorder.publish(&event, &regarding).await {
             Ok(()) => {
                 failing = false;
