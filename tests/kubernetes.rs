@@ -664,6 +664,7 @@ async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
         (regarding.kind.as_deref(), regarding.name.as_deref()),
         (Some("InstanceStatus"), Some("pod-web-1"))
     );
+    assert_eq!(regarding.uid, written.metadata.uid, "named by uid, so that kubectl describe finds it");
     let related = impaired.related.clone().unwrap_or_default();
     assert_eq!((related.kind.as_deref(), related.name.as_deref()), (Some("Pod"), Some("web-1")));
     assert_eq!(impaired.type_.as_deref(), Some("Warning"));
