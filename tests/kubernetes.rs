@@ -908,3 +908,101 @@ async fn a_silent_node_is_unreachable_until_its_agent_returns() {
     drop(agent);
     plane.delete_namespace(&namespace).await.unwrap();
 }
+
+/// The API server goes away for a while: the agent keeps probing (its own view turns impaired),
+/// and when the server is back it writes the latest state of each instance once, not a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_rides_out_an_api_server_outage() {
+    use support::agent::{Agent, check_of};
+    use support::servers::HttpTarget;
+
+    let _turn = AGENTS.lock().await;
+    let plane = control_plane().await;
+    let namespace = plane.namespace("ride").await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let server = tokio::task::spawn_blocking(|| ControlPlane::shared().second_apiserver("ride"))
+        .await
+        .unwrap()
+        .unwrap();
+    let node = format!("{namespace}-n1");
+    let target = HttpTarget::start().await;
+    let address = target.address();
+    let checks: Api<HealthCheck> = Api::namespaced(client.clone(), &namespace);
+    let check: HealthCheck = serde_json::from_value(json!({
+        "apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck",
+        "metadata": {"name": "web"},
+        "spec": {"target": {"endpoints": {"addresses": [address]}},
+                 "probe": {"http": {"path": "/health"}, "periodSeconds": 1, "failureThreshold": 2}},
+    }))
+    .unwrap();
+    checks.create(&PostParams::default(), &check).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = server.kubeconfig();
+    let args =
+        ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str(), "--lease-renew", "1s"];
+    let agent =
+        tokio::task::block_in_place(|| Agent::start_in_cluster(dir.path(), &kubeconfig, &node, &args));
+    let check_key = format!("{namespace}/web");
+    let id = vigil::inventory::id_for(vigil::api::InstanceKind::Endpoint, &address, &node);
+    let statuses: Api<InstanceStatus> = Api::namespaced(client.clone(), &namespace);
+    let status_of =
+        |doc: &InstanceStatus| doc.status.as_ref().and_then(|s| s.checks.first()).map(|c| c.status);
+    eventually("written ok", Duration::from_secs(30), || async {
+        statuses.get(&id).await.ok().filter(|d| status_of(d) == Some(vigil::api::CheckStatus::Ok))
+    })
+    .await;
+    let writes = |agent: &Agent| -> u64 {
+        let text = agent.get("/metrics").1;
+        text.lines()
+            .filter(|l| {
+                l.starts_with("vigil_status_writes_total")
+                    && l.contains("kind=\"instance\"")
+                    && l.contains("result=\"ok\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.stop().unwrap();
+        server
+    })
+    .await
+    .unwrap();
+    // Meanwhile: a failure, then a recovery, then a failure again — seen by the agent alone.
+    target.set_status(503);
+    tokio::task::block_in_place(|| agent.wait_status(&id, &check_key, "impaired", Duration::from_secs(20)));
+    target.set_status(200);
+    tokio::task::block_in_place(|| agent.wait_status(&id, &check_key, "ok", Duration::from_secs(20)));
+    target.set_status(503);
+    let local = tokio::task::block_in_place(|| {
+        agent.wait_status(&id, &check_key, "impaired", Duration::from_secs(20))
+    });
+    let health = agent.json("/v1/health");
+    assert_eq!(health["status"], "degraded", "the outage is reported: {health}");
+    let before = writes(&agent);
+    let server = tokio::task::spawn_blocking(move || {
+        server.start().unwrap();
+        server
+    })
+    .await
+    .unwrap();
+    let written = eventually("the latest state reaches the API server", Duration::from_secs(60), || async {
+        statuses.get(&id).await.ok().filter(|d| status_of(d) == Some(vigil::api::CheckStatus::Impaired))
+    })
+    .await;
+    let kept = check_of(&local, &check_key).unwrap()["impairedSince"].clone();
+    let api_since =
+        written.status.as_ref().unwrap().checks[0].impaired_since.as_ref().map(|t| t.0.to_string());
+    assert_eq!(kept.as_str().map(str::to_owned), api_since, "the state the agent holds, not an older one");
+    // One status write per instance (the endpoint, and the host, rewritten in case the
+    // controller marked the node meanwhile), not one per transition.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = writes(&agent);
+    assert!(after - before <= 2, "{} writes after the outage\n{}", after - before, agent.logs());
+    assert!(after > before, "something was written");
+    tokio::task::spawn_blocking(move || drop(server)).await.unwrap();
+    drop(agent);
+    plane.delete_namespace(&namespace).await.unwrap();
+}

@@ -92,6 +92,11 @@ pub struct ApiWriter {
     /// Rewrite everything (the node was seen as lost and this agent is back).
     resync: Arc<Notify>,
     uids: Uids,
+    /// When each object was last written (or read back).
+    written_at: HashMap<String, tokio::time::Instant>,
+    /// Since the last resync: whether a write failed, and the first success after that.
+    failed: bool,
+    recovered_at: Option<tokio::time::Instant>,
 }
 
 /// The agent's objects read back: the instances to restore, and what the writer takes as
@@ -167,6 +172,9 @@ impl ApiWriter {
             pending: HashMap::new(),
             resync: Arc::new(Notify::new()),
             uids,
+            written_at: HashMap::new(),
+            failed: false,
+            recovered_at: None,
         }
     }
 
@@ -199,8 +207,17 @@ impl ApiWriter {
                 _ = refresh.tick() => true,
                 () = retry => false,
                 () = resync.notified() => {
-                    info!("rewriting every InstanceStatus of this node");
-                    self.applied.clear();
+                    info!("rewriting the status of every InstanceStatus of this node");
+                    // The objects stand; the status of those not written since the API server
+                    // came back may have been marked by the controller meanwhile.
+                    let now = tokio::time::Instant::now();
+                    let current_since = if self.failed { self.recovered_at.unwrap_or(now) } else { now };
+                    for (id, applied) in &mut self.applied {
+                        if self.written_at.get(id).is_none_or(|at| *at < current_since) {
+                            applied.status = 0;
+                        }
+                    }
+                    (self.failed, self.recovered_at) = (false, None);
                     self.rewrite_all();
                     false
                 }
@@ -257,9 +274,15 @@ impl ApiWriter {
         }
         let mut failures = Vec::new();
         for (id, p) in std::mem::take(&mut self.pending) {
+            let started = tokio::time::Instant::now();
             match self.write(&id, &p).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    if self.failed && self.recovered_at.is_none() {
+                        self.recovered_at = Some(started);
+                    }
+                }
                 Err(e) => {
+                    (self.failed, self.recovered_at) = (true, None);
                     failures.push(format!("{}/{}: {}", p.namespace, p.name, error_message(&e)));
                     self.pending.insert(id, p);
                 }
@@ -296,6 +319,7 @@ impl ApiWriter {
             return Ok(());
         }
         let params = PatchParams::apply(AGENT_MANAGER).force();
+        debug!(id, object = had.is_none_or(|h| h.meta != want.meta), "applying the InstanceStatus");
         if had.is_none_or(|h| h.meta != want.meta) {
             let result = api.patch(&p.name, &params, &Patch::Apply(object_body(doc))).await;
             self.count(result.is_ok());
@@ -305,6 +329,7 @@ impl ApiWriter {
         self.count(result.is_ok());
         self.note_uid(id, &result?);
         self.applied.insert(id.to_owned(), want);
+        self.written_at.insert(id.to_owned(), tokio::time::Instant::now());
         Ok(())
     }
 
