@@ -156,12 +156,15 @@ fn key<K: kube::Resource>(object: &K) -> String {
 
 /// A watch error on one line, with its causes.
 pub fn watch_message(e: &watcher::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    crate::telemetry::one_line(e)
+}
+
+/// A HealthCheck read untyped, typed: or the field that does not decode and why (a watch of the
+/// typed kind would fail as a whole on one such object).
+pub fn decode_health_check(object: &kube::api::DynamicObject) -> Result<crate::api::HealthCheck, String> {
+    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
+    })
 }

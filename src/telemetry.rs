@@ -4,6 +4,23 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
+/// The causes of `e` (its sources, not `e` itself), joined with `: `.
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// `e` and its causes on one line, for logs and health reasons.
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let causes = causes(e);
+    if causes.is_empty() { e.to_string() } else { format!("{e}: {causes}") }
+}
+
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {

@@ -549,6 +549,30 @@ async fn an_api_server_outage_refuses_connections_and_loses_nothing() {
     plane.delete_namespace(&namespace).await.unwrap();
 }
 
+/// The real `vigil controller` against `plane`, its Lease in `namespace`, its log under `dir`;
+/// returns the process and its HTTP port.
+fn start_controller(
+    plane: &ControlPlane,
+    namespace: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> (std::process::Child, u16) {
+    let port = support::agent::free_port();
+    let log = std::fs::File::create(dir.join("controller.log")).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["controller", "--listen", &format!("127.0.0.1:{port}"), "--namespace", namespace])
+        .arg("--kubeconfig")
+        .arg(plane.kubeconfig())
+        .args(["--lease-duration", "4s"])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (child, port)
+}
+
 /// Tests that run agents take turns: the API server counts requests for the whole cluster, and
 /// one test's writes would be counted in another's steady state.
 static AGENTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -752,8 +776,7 @@ async fn an_agent_in_a_cluster_acts_only_when_the_controller_allows_it() {
 /// changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_aggregates_the_fleet_and_allows_remediation() {
-    use std::process::{Command, Stdio};
-    use support::agent::{Agent, free_port};
+    use support::agent::Agent;
 
     let _turn = AGENTS.lock().await;
     let plane = control_plane().await;
@@ -781,18 +804,7 @@ async fn the_controller_aggregates_the_fleet_and_allows_remediation() {
     .unwrap();
     checks.create(&PostParams::default(), &invalid).await.unwrap();
 
-    let port = free_port();
-    let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
-    let mut controller = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["controller", "--listen", &format!("127.0.0.1:{port}"), "--namespace", &namespace])
-        .arg("--kubeconfig")
-        .arg(plane.kubeconfig())
-        .args(["--lease-duration", "4s"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let (mut controller, port) = start_controller(plane, &namespace, dir.path(), &[]);
     let controller_log = || std::fs::read_to_string(dir.path().join("controller.log")).unwrap_or_default();
     eventually("the controller is ready", Duration::from_secs(30), || async {
         let (code, _) = tokio::task::block_in_place(|| {
@@ -847,8 +859,7 @@ async fn the_controller_aggregates_the_fleet_and_allows_remediation() {
 /// node's instances impaired (`reachability`), with an Event; the agent back clears it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_is_unreachable_until_its_agent_returns() {
-    use std::process::{Command, Stdio};
-    use support::agent::{Agent, free_port};
+    use support::agent::Agent;
 
     let _turn = AGENTS.lock().await;
     let plane = control_plane().await;
@@ -857,17 +868,7 @@ async fn a_silent_node_is_unreachable_until_its_agent_returns() {
     install_crds(&client).await;
     let node = format!("{namespace}-n1");
     let dir = tempfile::tempdir().unwrap();
-    let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
-    let mut controller = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["controller", "--listen", &format!("127.0.0.1:{}", free_port()), "--namespace", &namespace])
-        .arg("--kubeconfig")
-        .arg(plane.kubeconfig())
-        .args(["--lease-duration", "4s", "--node-grace", "4s"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let (mut controller, _) = start_controller(plane, &namespace, dir.path(), &["--node-grace", "4s"]);
     let kubeconfig = plane.kubeconfig();
     let args =
         ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str(), "--lease-renew", "1s"];

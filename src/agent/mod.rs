@@ -501,11 +501,12 @@ async fn kubernetes(
         match apiserver::load(&client, &node).await {
             Ok(loaded) => break loaded,
             Err(e) if tokio::time::Instant::now() < deadline => {
-                warn!("{e}: {}; trying again", error_chain(&e));
+                warn!("{e}: {}; trying again", crate::telemetry::causes(&e));
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => {
-                let problem = format!("{e}: {}; restart counts start from zero", error_chain(&e));
+                let problem =
+                    format!("{e}: {}; restart counts start from zero", crate::telemetry::causes(&e));
                 warn!("{problem}");
                 health.set("restore", vec![problem]);
                 break apiserver::Loaded::default();
@@ -911,14 +912,4 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         warn!("some tasks did not stop within 10s");
     }
     outcome
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
 }

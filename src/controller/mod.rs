@@ -437,7 +437,7 @@ impl Reconciler {
             );
             let status = object.data.get("status").and_then(|s| serde_json::from_value(s.clone()).ok());
             current.insert(key.clone(), status);
-            match decode(object) {
+            match crate::cluster::decode_health_check(object) {
                 Ok(hc) => loaded.push(Loaded { object: hc, origin: format!("HealthCheck {key}") }),
                 Err(e) => undecodable.push((key, object.metadata.generation.unwrap_or(1), e)),
             }
@@ -523,15 +523,6 @@ impl Reconciler {
         self.backoff.retain(|k, _| current.contains_key(k));
         self.metrics.backing_off.set(i64::try_from(self.backoff.len()).unwrap_or(i64::MAX));
     }
-}
-
-/// The typed HealthCheck, or the field that does not decode and why.
-fn decode(object: &DynamicObject) -> Result<HealthCheck, String> {
-    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
-    })
 }
 
 async fn healthz(State(s): State<State2>) -> Response {

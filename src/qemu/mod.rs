@@ -68,14 +68,7 @@ pub enum QmpError {
 impl QmpError {
     /// What failed and why, on one line.
     pub fn message(&self) -> String {
-        let mut out = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            out.push_str(": ");
-            out.push_str(&s.to_string());
-            source = s.source();
-        }
-        out
+        crate::telemetry::one_line(self)
     }
 }
 

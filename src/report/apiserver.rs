@@ -414,16 +414,7 @@ fn status_hash(doc: &InstanceStatus) -> u64 {
 pub fn error_message(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
-        other => {
-            let mut out = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(s) = source {
-                out.push_str(": ");
-                out.push_str(&s.to_string());
-                source = s.source();
-            }
-            out
-        }
+        other => crate::telemetry::one_line(other),
     }
 }
 

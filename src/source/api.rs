@@ -135,21 +135,12 @@ fn snapshot(watches: &[Objects<DynamicObject>]) -> Snapshot {
             object.metadata.namespace.clone().unwrap_or_default(),
             object.metadata.name.clone().unwrap_or_default(),
         );
-        match decode(object) {
+        match crate::cluster::decode_health_check(object) {
             Ok(hc) => snapshot.objects.push(Loaded { object: hc, origin: format!("HealthCheck {key}") }),
             Err(e) => snapshot.problems.push(format!("HealthCheck {key}: {e}; not run")),
         }
     }
     snapshot
-}
-
-/// The typed HealthCheck, or the field that does not decode and why.
-fn decode(object: &DynamicObject) -> Result<HealthCheck, String> {
-    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
-    })
 }
 
 /// This node's labels, kept current from a watch of its Node (they feed `spec.nodeSelector`).

@@ -308,24 +308,16 @@ async fn watch(dir: PathBuf, rescan: Duration, tx: mpsc::Sender<Update>) {
         tracing::debug!(dir = %dir.display(), "checks folder read");
         let update = match snapshot {
             Ok(snapshot) => Update::Snapshot(snapshot),
-            Err(e) => Update::Failed(format!("{e}: {}; keeping the checks loaded before", error_chain(&e))),
+            Err(e) => Update::Failed(format!(
+                "{e}: {}; keeping the checks loaded before",
+                crate::telemetry::causes(&e)
+            )),
         };
         if tx.send(update).await.is_err() {
             break;
         }
     }
     drop(watcher);
-}
-
-/// The causes of `e`, joined.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]
