@@ -307,8 +307,9 @@ struct Reconciler {
 }
 
 /// Start-up: the instances restored from the state folder are kept until every inventory has
-/// listed what it has (or the deadline passed); only then are those that did not reappear
-/// gone. Each inventory's readiness handle is released at its first listing.
+/// listed what it has and the first snapshot of the HealthChecks is applied (endpoints are
+/// instances because a check names them), or the deadline passed; only then are those that did
+/// not reappear gone. Each inventory's readiness handle is released at its first listing.
 struct StartupSync {
     deadline: tokio::time::Instant,
     /// Handles of the inventories (by index) that have not listed yet.
@@ -331,7 +332,9 @@ impl Reconciler {
         for (_, h) in done {
             h.release();
         }
-        if !(timed_out || startup.waiting.is_empty()) {
+        // Endpoints are instances because a HealthCheck names them: the restore also waits for
+        // the first snapshot of the checks.
+        if !(timed_out || (startup.waiting.is_empty() && self.checks_loaded.is_none())) {
             return;
         }
         let late: Vec<&'static str> = startup
@@ -377,8 +380,9 @@ impl Reconciler {
         self.metrics.config_errors.set(i64::try_from(problems.len()).unwrap_or(i64::MAX));
         self.health.set("checks", problems);
         self.store.set_checks(infos);
+        let first = self.checks_loaded.take();
         self.replan();
-        if let Some(handle) = self.checks_loaded.take() {
+        if let Some(handle) = first {
             let (checks, instances) = self.store.sizes();
             info!(checks, instances, "checks loaded");
             handle.release();
