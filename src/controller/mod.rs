@@ -337,7 +337,8 @@ pub async fn run(
 struct Reconciler {
     client: Client,
     catalog: Catalog,
-    /// The status last written (or seen) per HealthCheck, to write only changes.
+    /// The status written per HealthCheck until the watch brings it back, so that a round in
+    /// between does not write it again.
     written: HashMap<CheckKey, serde_json::Value>,
     backoff: HashMap<CheckKey, Backoff>,
     metrics: ControllerMetrics,
@@ -485,10 +486,13 @@ impl Reconciler {
         for (key, status) in wanted {
             let value = serde_json::to_value(&status).unwrap_or_default();
             let on_server = current.get(&key).cloned().flatten().and_then(|s| serde_json::to_value(s).ok());
-            if on_server.as_ref() == Some(&value)
-                || self.written.get(&key) == Some(&value) && on_server.is_some()
-            {
-                self.written.insert(key.clone(), value);
+            if on_server.as_ref() == Some(&value) {
+                // Confirmed by the watch: from now on, what the server holds is the reference.
+                self.written.remove(&key);
+                continue;
+            }
+            if self.written.get(&key) == Some(&value) {
+                // Written, and the watch has not brought it back yet.
                 continue;
             }
             if self.backoff.get(&key).is_some_and(|b| b.until > tnow) {
