@@ -219,8 +219,6 @@ impl Scheduler {
                     }
                     None => (None, self.shared.epoch),
                 };
-                // No span per worker: even a disabled one adds 128 bytes to every (check,
-                // instance) task, and the worker's events name the check and the instance.
                 let worker = run_worker(
                     self.shared.clone(),
                     a.check.clone(),
@@ -228,6 +226,18 @@ impl Scheduler {
                     a.target.clone(),
                     epoch,
                 );
+                // A span per worker (`check`, `instance`) when debug logging is on. Held inline,
+                // even a disabled span adds 128 bytes to every (check, instance) task; boxed and
+                // only when wanted, it costs a pointer.
+                let worker = if tracing::enabled!(tracing::Level::DEBUG) {
+                    let span =
+                        tracing::debug_span!("worker", check = %a.check.key, instance = %a.instance_id);
+                    futures_util::future::Either::Left(Box::pin(tracing::Instrument::instrument(
+                        worker, span,
+                    )))
+                } else {
+                    futures_util::future::Either::Right(worker)
+                };
                 AbortOnDrop(match handle {
                     Some(handle) => handle.spawn(worker),
                     None => tokio::spawn(worker),
