@@ -214,8 +214,17 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     )
     .unwrap();
     let _ = guest.child.wait();
+    // Both parts of the System check fail: the QMP connection at once, the process at the next
+    // look at /proc.
+    let impaired = |d: &Value, name: &str| {
+        d["status"]["systemStatus"]["details"]
+            .as_array()
+            .is_some_and(|ds| ds.iter().any(|x| x["name"] == name && x["status"] == "impaired"))
+    };
     let dead = agent.wait_for(&format!("/v1/instances/{}", vm_id("g1")), "System impaired", WAIT, |d| {
         status_of(&d["data"], "systemStatus") == "impaired"
+            && impaired(&d["data"], "qemu-process")
+            && impaired(&d["data"], "reachability")
     })["data"]
         .clone();
     let details = dead["status"]["systemStatus"]["details"].as_array().unwrap();
