@@ -558,6 +558,7 @@ fn start_controller(
     extra: &[&str],
 ) -> (std::process::Child, u16) {
     let port = support::agent::free_port();
+    std::fs::create_dir_all(dir).unwrap();
     let log = std::fs::File::create(dir.join("controller.log")).unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["controller", "--listen", &format!("127.0.0.1:{port}"), "--namespace", namespace])
@@ -1005,5 +1006,74 @@ async fn an_agent_rides_out_an_api_server_outage() {
     assert!(after > before, "something was written");
     tokio::task::spawn_blocking(move || drop(server)).await.unwrap();
     drop(agent);
+    plane.delete_namespace(&namespace).await.unwrap();
+}
+
+/// Two controllers: one leads and writes, the other waits; the leader killed, the other takes
+/// over within the Lease duration and writes the next change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_controller_takes_over_when_the_leader_dies() {
+    let _turn = AGENTS.lock().await;
+    let plane = control_plane().await;
+    let namespace = plane.namespace("leader").await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let metric = |port: u16| -> Option<String> {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (_, text) =
+            tokio::task::block_in_place(|| support::agent::request(addr, "GET", "/metrics", &[])).ok()?;
+        text.lines().find(|l| l.starts_with("vigil_controller_leader ")).map(str::to_owned)
+    };
+    let (mut first, first_port) = start_controller(plane, &namespace, &dir.path().join("a"), &[]);
+    eventually("the first controller leads", Duration::from_secs(30), || async {
+        (metric(first_port).as_deref() == Some("vigil_controller_leader 1")).then_some(())
+    })
+    .await;
+    let (mut second, second_port) = start_controller(plane, &namespace, &dir.path().join("b"), &[]);
+    eventually("the second one is up, not leading", Duration::from_secs(30), || async {
+        (metric(second_port).as_deref() == Some("vigil_controller_leader 0")).then_some(())
+    })
+    .await;
+    let checks: Api<HealthCheck> = Api::namespaced(client.clone(), &namespace);
+    let check = |name: &str| -> HealthCheck {
+        serde_json::from_value(json!({
+            "apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck",
+            "metadata": {"name": name},
+            "spec": {"target": {"host": {}}, "probe": {"tcp": {"port": 22}}},
+        }))
+        .unwrap()
+    };
+    checks.create(&PostParams::default(), &check("one")).await.unwrap();
+    eventually("the leader writes its status", Duration::from_secs(30), || async {
+        checks.get("one").await.ok()?.status.map(|_| ())
+    })
+    .await;
+    let _ = first.kill();
+    let _ = first.wait();
+    eventually("the second takes over", Duration::from_secs(30), || async {
+        (metric(second_port).as_deref() == Some("vigil_controller_leader 1")).then_some(())
+    })
+    .await;
+    checks.create(&PostParams::default(), &check("two")).await.unwrap();
+    eventually("the new leader writes the next status", Duration::from_secs(30), || async {
+        checks.get("two").await.ok()?.status.map(|_| ())
+    })
+    .await;
+    // Someone else takes the Lease: the controller stops writing at once.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), &namespace);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+    let taken =
+        json!({"spec": {"holderIdentity": "someone-else", "renewTime": now, "leaseDurationSeconds": 600}});
+    leases.patch("vigil-controller", &PatchParams::default(), &Patch::Merge(&taken)).await.unwrap();
+    eventually("the controller knows it no longer leads", Duration::from_secs(30), || async {
+        (metric(second_port).as_deref() == Some("vigil_controller_leader 0")).then_some(())
+    })
+    .await;
+    checks.create(&PostParams::default(), &check("three")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(checks.get("three").await.unwrap().status.is_none(), "a controller that lost the Lease wrote");
+    let _ = second.kill();
+    let _ = second.wait();
     plane.delete_namespace(&namespace).await.unwrap();
 }
