@@ -53,7 +53,7 @@ pub enum Command {
 #[command(next_help_heading = "Standalone")]
 pub struct StandaloneArgs {
     /// Folder of HealthCheck YAML. Reloaded when files change.
-    #[arg(long, env = "VIGIL_CHECKS_DIR", required_unless_present = "kubernetes", requires = "state_dir")]
+    #[arg(long, env = "VIGIL_CHECKS_DIR", requires = "state_dir")]
     pub checks_dir: Option<PathBuf>,
 
     /// Folder where InstanceStatus and HealthCheck documents are kept.
@@ -98,6 +98,7 @@ pub struct KubernetesArgs {
 
 /// `vigil agent`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["checks_dir", "kubernetes"])))]
 pub struct AgentArgs {
     /// Standalone mode.
     #[command(flatten)]
