@@ -53,26 +53,11 @@ fn data<T: Serialize>(value: T) -> Response {
 }
 
 async fn healthz(State(s): State<ApiState>) -> Response {
-    if s.health.alive(MAX_HEARTBEAT_SILENCE) {
-        "ok\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not alive: a long-lived task stopped or the runtime is stalled\n")
-            .into_response()
-    }
+    http::liveness(&s.health, MAX_HEARTBEAT_SILENCE)
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {
-    if s.readiness.is_ready() {
-        "ready\n".into_response()
-    } else {
-        let waiting = s.readiness.waiting_for();
-        let why = if waiting.is_empty() {
-            "a long-lived task stopped".to_owned()
-        } else {
-            format!("waiting for: {}", waiting.join(", "))
-        };
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response()
-    }
+    http::readiness(&s.readiness)
 }
 
 async fn metrics_text(State(s): State<ApiState>) -> Response {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use futures_util::future::select;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -173,7 +173,7 @@ impl ControllerMetrics {
 
 /// What the HTTP handlers read.
 #[derive(Clone, Debug)]
-struct State2 {
+struct HttpState {
     health: Arc<Health>,
     readiness: Arc<Readiness>,
     registry: Registry,
@@ -215,7 +215,7 @@ pub async fn run(
         .map_err(|source| ControllerError::Listen { addr: config.listen, source })?;
     info!(listen = %config.listen, identity = config.identity, "controller serving health and metrics");
     let cancel = CancellationToken::new();
-    let state = State2 { health: health.clone(), readiness: readiness.clone(), registry };
+    let state = HttpState { health: health.clone(), readiness: readiness.clone(), registry };
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -529,24 +529,15 @@ impl Reconciler {
     }
 }
 
-async fn healthz(State(s): State<State2>) -> Response {
-    if s.health.alive(Duration::from_secs(30)) {
-        "ok\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not alive\n").into_response()
-    }
+async fn healthz(State(s): State<HttpState>) -> Response {
+    http::liveness(&s.health, Duration::from_secs(30))
 }
 
-async fn readyz(State(s): State<State2>) -> Response {
-    if s.readiness.is_ready() {
-        "ok\n".into_response()
-    } else {
-        let why = s.readiness.waiting_for().join(", ");
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: waiting for: {why}\n")).into_response()
-    }
+async fn readyz(State(s): State<HttpState>) -> Response {
+    http::readiness(&s.readiness)
 }
 
-async fn metrics_text(State(s): State<State2>) -> Response {
+async fn metrics_text(State(s): State<HttpState>) -> Response {
     match crate::metrics::encode(&s.registry) {
         Ok(text) => http::prometheus_text(text),
         Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")),

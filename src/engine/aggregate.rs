@@ -310,20 +310,9 @@ mod tests {
         }
     }
 
-    #[derive(Debug)]
-    struct Manual(std::sync::Mutex<Timestamp>);
-
-    impl super::super::clock::Clock for Manual {
-        fn now(&self) -> Timestamp {
-            *self.0.lock().unwrap_or_else(|p| p.into_inner())
-        }
-    }
-
     #[test]
     fn the_controllers_verdict_gates_actions_and_goes_stale() {
-        let clock = std::sync::Arc::new(Manual(std::sync::Mutex::new(
-            Timestamp::from_second(1_700_000_000).unwrap_or_else(|e| panic!("{e}")),
-        )));
+        let clock = std::sync::Arc::new(super::super::clock::ManualClock::new());
         let gate = ControllerVerdicts::new(std::time::Duration::from_secs(300), clock.clone());
         let (web, db, new) =
             (CheckKey::new("ns", "web"), CheckKey::new("ns", "db"), CheckKey::new("ns", "new"));
@@ -344,13 +333,9 @@ mod tests {
         let local = gate.blocked(&web, Some(Limit::Count(1)), 5, 10);
         assert!(matches!(local, Some(Decision::MassFailure { unhealthy: 5, .. })), "{local:?}");
         // An outage: the last verdict holds for the staleness, then nothing acts.
-        let advance = |secs: i64| {
-            let mut t = clock.0.lock().unwrap_or_else(|p| p.into_inner());
-            *t = t.checked_add(jiff::SignedDuration::from_secs(secs)).unwrap_or_else(|e| panic!("{e}"));
-        };
-        advance(299);
+        clock.advance(299);
         assert_eq!(gate.blocked(&web, None, 1, 10), None);
-        advance(2);
+        clock.advance(2);
         assert!(withheld(gate.blocked(&web, None, 1, 10)).contains("last read 301s ago"));
         gate.confirm();
         assert_eq!(gate.blocked(&web, None, 1, 10), None, "current again");

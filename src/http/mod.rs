@@ -120,6 +120,31 @@ pub async fn request_timeout(limit: Duration, request: Request, next: Next) -> R
     }
 }
 
+/// `/healthz`: 200 while `health` is alive (nothing fatal, heartbeat within `max_silence`).
+pub fn liveness(health: &crate::health::Health, max_silence: Duration) -> Response {
+    if health.alive(max_silence) {
+        "ok\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not alive: a long-lived task stopped or the runtime is stalled\n")
+            .into_response()
+    }
+}
+
+/// `/readyz`: 200 once every readiness handle was released, else 503 saying what is awaited.
+pub fn readiness(readiness: &crate::health::Readiness) -> Response {
+    if readiness.is_ready() {
+        "ready\n".into_response()
+    } else {
+        let waiting = readiness.waiting_for();
+        let why = if waiting.is_empty() {
+            "a long-lived task stopped".to_owned()
+        } else {
+            format!("waiting for: {}", waiting.join(", "))
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response()
+    }
+}
+
 /// A JSON error body: `{"error": {"code": 404, "message": "…"}}`.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     #[derive(Serialize)]

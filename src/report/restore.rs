@@ -91,7 +91,7 @@ mod tests {
 
     use super::*;
     use crate::api::{CheckStatus, HealthCheck};
-    use crate::engine::clock::Clock;
+    use crate::engine::clock::ManualClock;
     use crate::engine::store::{CheckInfo, Store};
     use crate::inventory::Instance;
     use crate::metrics::AgentMetrics;
@@ -101,18 +101,13 @@ mod tests {
 
     const ADDRESSES: [&str; 3] = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
 
-    /// Whole seconds, as documents keep times.
-    #[derive(Debug)]
-    struct Fixed;
-
-    impl Clock for Fixed {
-        fn now(&self) -> jiff::Timestamp {
-            jiff::Timestamp::from_second(1_700_000_000).unwrap()
-        }
-    }
-
     fn store() -> Store {
-        Store::new("n1", "default", Arc::new(Fixed), AgentMetrics::register(&Registry::new()).unwrap())
+        Store::new(
+            "n1",
+            "default",
+            Arc::new(ManualClock::new()),
+            AgentMetrics::register(&Registry::new()).unwrap(),
+        )
     }
 
     fn def() -> Arc<CheckDef> {

@@ -719,35 +719,19 @@ fn move_count(inner: &mut Inner, key: &CheckKey, from: CheckStatus, to: CheckSta
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
     use std::time::Duration;
 
     use prometheus::Registry;
 
     use super::*;
     use crate::api::HealthCheck;
+    use crate::engine::clock::ManualClock;
     use crate::engine::remediation::ActionRecord;
     use crate::model::validate;
     use crate::probe::Reason;
 
-    #[derive(Debug)]
-    struct ManualClock(Mutex<Timestamp>);
-
-    impl ManualClock {
-        fn advance(&self, secs: i64) {
-            let mut t = self.0.lock().unwrap();
-            *t = t.checked_add(jiff::SignedDuration::from_secs(secs)).unwrap();
-        }
-    }
-
-    impl Clock for ManualClock {
-        fn now(&self) -> Timestamp {
-            *self.0.lock().unwrap()
-        }
-    }
-
     fn store() -> (Store, Arc<ManualClock>) {
-        let clock = Arc::new(ManualClock(Mutex::new(Timestamp::from_second(1_700_000_000).unwrap())));
+        let clock = Arc::new(ManualClock::new());
         let metrics = AgentMetrics::register(&Registry::new()).unwrap();
         (Store::new("n1", "default", clock.clone(), metrics), clock)
     }
