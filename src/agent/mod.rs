@@ -605,29 +605,24 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     };
 
     let store = Store::new(&config.node_name, &config.namespace, Arc::new(SystemClock), metrics.clone());
-    // In a cluster, remediation waits for the controller's verdict over the whole fleet.
-    let verdicts = match &config.mode {
-        Mode::Kubernetes { remediation_staleness_seconds, .. } => Some(Arc::new(ControllerVerdicts::new(
-            secs(*remediation_staleness_seconds),
-            Arc::new(SystemClock),
-        ))),
-        Mode::Standalone { .. } => None,
-    };
-    let store = Arc::new(match &verdicts {
-        Some(v) => store.with_gate(v.clone()),
-        None => store,
-    });
-    let view = Arc::new(ViewCollector::new(store.clone()));
-    let (parts, watched) = match (&config.mode, verdicts) {
-        (Mode::Standalone { checks_dir, state_dir }, _) => (
-            standalone(checks_dir, state_dir, &config, &store, &health, &metrics)?,
-            vec![PathBuf::from("/"), state_dir.clone()],
-        ),
-        (mode @ Mode::Kubernetes { .. }, Some(verdicts)) => {
-            (kubernetes(mode, &config, &store, &health, &metrics, verdicts).await?, vec![PathBuf::from("/")])
+    let (store, parts, watched) = match &config.mode {
+        Mode::Standalone { checks_dir, state_dir } => {
+            let store = Arc::new(store);
+            let parts = standalone(checks_dir, state_dir, &config, &store, &health, &metrics)?;
+            (store, parts, vec![PathBuf::from("/"), state_dir.clone()])
         }
-        (Mode::Kubernetes { .. }, None) => return Err(AgentError::Mode),
+        mode @ Mode::Kubernetes { remediation_staleness_seconds, .. } => {
+            // In a cluster, remediation waits for the controller's verdict over the whole fleet.
+            let verdicts = Arc::new(ControllerVerdicts::new(
+                secs(*remediation_staleness_seconds),
+                Arc::new(SystemClock),
+            ));
+            let store = Arc::new(store.with_gate(verdicts.clone()));
+            let parts = kubernetes(mode, &config, &store, &health, &metrics, verdicts).await?;
+            (store, parts, vec![PathBuf::from("/")])
+        }
     };
+    let view = Arc::new(ViewCollector::new(store.clone()));
     store.set_host_health(host::assess(&config.pressure, &watched));
 
     let docker = match &config.docker_socket {
