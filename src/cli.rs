@@ -216,7 +216,8 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "127.0.0.1:9734", env = "VIGIL_LISTEN")]
     pub listen: SocketAddr,
 
-    /// Namespace of the leader Lease (the controller's own). In a pod, give it `POD_NAMESPACE`.
+    /// vigil's namespace: the leader Lease, and the agents' Leases watched for node loss. In a
+    /// pod, give it `POD_NAMESPACE`.
     #[arg(long, default_value = "default", env = "VIGIL_CONTROLLER_NAMESPACE")]
     pub namespace: String,
 

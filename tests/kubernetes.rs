@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -363,6 +364,241 @@ async fn rbac_judges_service_account_tokens() {
     plane.delete_namespace(&namespace).await.unwrap();
 }
 
+/// What a token may write: `Ok(())`, or the API server's refusal (code and message).
+async fn write_outcome<F>(write: F) -> Result<(), (u16, String)>
+where
+    F: Future<Output = Result<(), kube::Error>>,
+{
+    match write.await {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) => Err((s.code, s.message)),
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+/// `manifests/admission-policy.yaml` on the real API server: with tokens bound to agent Pods on
+/// three nodes (the node's name is in each token), an agent writes its own node's InstanceStatus
+/// and Lease and nobody else's; a token of the agent's ServiceAccount without the claim writes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_writes_only_its_own_nodes_objects() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let plane = control_plane().await;
+    let namespace = plane.namespace("own").await.unwrap();
+    let admin = plane.client().await.unwrap();
+    install_crds(&admin).await;
+    install_access(plane, &namespace).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents = Vec::new();
+    for n in ["n1", "n2", "n3"] {
+        let node = format!("{namespace}-{n}");
+        let config =
+            support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
+        let client = kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(&config).unwrap(),
+                &Default::default(),
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        agents.push((node, client));
+    }
+    let host = |node: &str| -> InstanceStatus {
+        serde_json::from_value(json!({
+            "apiVersion": "vigil.dev/v1alpha1", "kind": "InstanceStatus",
+            "metadata": {"name": format!("host-{node}"), "labels": {"vigil.dev/node": node}},
+            "spec": {"instance": {"kind": "Host", "id": format!("host-{node}"), "name": node, "node": node}},
+        }))
+        .unwrap()
+    };
+    let apply = PatchParams::apply("vigil-agent").force();
+    let write_status = |client: kube::Client, doc: InstanceStatus| {
+        let namespace = namespace.clone();
+        let apply = apply.clone();
+        async move {
+            let api: Api<InstanceStatus> = Api::namespaced(client, &namespace);
+            let name = doc.metadata.name.clone().unwrap();
+            api.patch(&name, &apply, &Patch::Apply(&doc)).await.map(drop)
+        }
+    };
+    let lease = |node: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": format!("vigil-agent-{node}"), "labels": {"vigil.dev/node": node}},
+               "spec": {"holderIdentity": node}})
+    };
+    let write_lease = |client: kube::Client, body: serde_json::Value| {
+        let namespace = namespace.clone();
+        let apply = apply.clone();
+        async move {
+            let api: Api<Lease> = Api::namespaced(client, &namespace);
+            let name = body["metadata"]["name"].as_str().unwrap().to_owned();
+            api.patch(&name, &apply, &Patch::Apply(&body)).await.map(drop)
+        }
+    };
+    let (n1, c1) = (&agents[0].0, agents[0].1.clone());
+    let n2 = &agents[1].0;
+    // The policy takes effect once the API server has loaded it.
+    let refused =
+        eventually("n1's token is refused n2's InstanceStatus", Duration::from_secs(20), || async {
+            write_outcome(write_status(c1.clone(), host(n2))).await.err()
+        })
+        .await;
+    assert_eq!(refused.0, 403, "{refused:?}");
+    assert!(
+        refused.1.contains("vigil-agent-own-node") && refused.1.contains(&format!("node {n1}")),
+        "{refused:?}"
+    );
+    // Each agent writes its own.
+    for (node, client) in &agents {
+        write_outcome(write_status(client.clone(), host(node))).await.unwrap();
+        write_outcome(write_lease(client.clone(), lease(node))).await.unwrap();
+        let statuses: Api<InstanceStatus> = Api::namespaced(client.clone(), &namespace);
+        let status = json!({"apiVersion": "vigil.dev/v1alpha1", "kind": "InstanceStatus",
+                            "status": {"state": "running"}});
+        statuses
+            .patch_status(&format!("host-{node}"), &apply, &Patch::Apply(&status))
+            .await
+            .unwrap_or_else(|e| panic!("{node} writes its own status: {e}"));
+    }
+    // Not another node's: create, patch of its object or its status, relabelling, delete, Lease.
+    let mut stolen = host(n2);
+    stolen.metadata.name = Some(format!("host-{n1}-too"));
+    stolen.metadata.labels = Some([("vigil.dev/node".to_owned(), n1.clone())].into());
+    let refusals = [
+        ("patch n2's InstanceStatus", write_outcome(write_status(c1.clone(), host(n2))).await),
+        ("an object of n1 naming n2's instance", write_outcome(write_status(c1.clone(), stolen)).await),
+        ("n2's Lease", write_outcome(write_lease(c1.clone(), lease(n2))).await),
+        ("a Lease of another name", {
+            let mut other = lease(n1);
+            other["metadata"]["name"] = json!("vigil-controller");
+            write_outcome(write_lease(c1.clone(), other)).await
+        }),
+        ("n2's status", {
+            let statuses: Api<InstanceStatus> = Api::namespaced(c1.clone(), &namespace);
+            let status = json!({"apiVersion": "vigil.dev/v1alpha1", "kind": "InstanceStatus",
+                                "status": {"state": "stopped"}});
+            write_outcome(async {
+                statuses.patch_status(&format!("host-{n2}"), &apply, &Patch::Apply(&status)).await.map(drop)
+            })
+            .await
+        }),
+        ("relabel n2's object as n1's", {
+            let statuses: Api<InstanceStatus> = Api::namespaced(c1.clone(), &namespace);
+            let relabel = json!({"metadata": {"labels": {"vigil.dev/node": n1}}});
+            write_outcome(async {
+                statuses
+                    .patch(&format!("host-{n2}"), &PatchParams::default(), &Patch::Merge(&relabel))
+                    .await
+                    .map(drop)
+            })
+            .await
+        }),
+        ("delete n2's InstanceStatus", {
+            let statuses: Api<InstanceStatus> = Api::namespaced(c1.clone(), &namespace);
+            write_outcome(async {
+                statuses.delete(&format!("host-{n2}"), &Default::default()).await.map(drop)
+            })
+            .await
+        }),
+    ];
+    for (what, outcome) in refusals {
+        match outcome {
+            Err((403, message)) => assert!(message.contains("vigil-agent-own-node"), "{what}: {message}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A token of the same ServiceAccount that is not bound to a Pod carries no node.
+    let unbound = plane.client_as(&namespace, "vigil-agent").await.unwrap();
+    let mut own = host(n1);
+    own.metadata.name = Some(format!("host-{n1}-unbound"));
+    match write_outcome(write_status(unbound.clone(), own)).await {
+        Err((403, message)) => {
+            assert!(message.contains("authentication.kubernetes.io/node-name"), "{message}")
+        }
+        other => panic!("a token without a node wrote: {other:?}"),
+    }
+    // Reading is RBAC's business alone: every agent reads every InstanceStatus.
+    let all: Api<InstanceStatus> = Api::namespaced(unbound, &namespace);
+    assert_eq!(all.list(&Default::default()).await.unwrap().items.len(), 3);
+    plane.delete_namespace(&namespace).await.unwrap();
+}
+
+/// `manifests/rbac.yaml` grants each component what it uses and nothing more: with real tokens
+/// of the two ServiceAccounts, what the other component does, or neither does, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_component_is_refused_what_its_role_does_not_grant() {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let plane = control_plane().await;
+    let namespace = plane.namespace("least").await.unwrap();
+    let admin = plane.client().await.unwrap();
+    install_crds(&admin).await;
+    install_access(plane, &namespace).await;
+    let allowed = |client: kube::Client, group: &str, resource: &str, verb: &str, ns: Option<&str>| {
+        let attributes = ResourceAttributes {
+            group: Some(group.to_owned()),
+            resource: Some(resource.split('/').next().unwrap().to_owned()),
+            subresource: resource.split('/').nth(1).map(str::to_owned),
+            verb: Some(verb.to_owned()),
+            namespace: ns.map(str::to_owned),
+            ..ResourceAttributes::default()
+        };
+        async move {
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(attributes),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let api: Api<SelfSubjectAccessReview> = Api::all(client);
+            api.create(&PostParams::default(), &review).await.unwrap().status.unwrap().allowed
+        }
+    };
+    let agent = plane.client_as(&namespace, "vigil-agent").await.unwrap();
+    let controller = plane.client_as(&namespace, "vigil-controller").await.unwrap();
+    let elsewhere = Some("default");
+    let here = Some(namespace.as_str());
+    // (component, group, resource, verb, namespace, allowed)
+    let cases = [
+        ("agent", "vigil.dev", "instancestatuses", "patch", elsewhere, true),
+        ("agent", "vigil.dev", "instancestatuses/status", "patch", elsewhere, true),
+        ("agent", "vigil.dev", "healthchecks", "watch", None, true),
+        ("agent", "", "pods", "list", None, true),
+        ("agent", "coordination.k8s.io", "leases", "patch", here, true),
+        ("agent", "vigil.dev", "healthchecks", "create", elsewhere, false),
+        ("agent", "vigil.dev", "healthchecks/status", "patch", elsewhere, false),
+        ("agent", "", "pods", "delete", elsewhere, false),
+        ("agent", "", "pods/eviction", "create", elsewhere, false),
+        ("agent", "", "secrets", "get", here, false),
+        ("agent", "coordination.k8s.io", "leases", "patch", elsewhere, false),
+        ("agent", "coordination.k8s.io", "leases", "delete", here, false),
+        ("controller", "vigil.dev", "healthchecks/status", "patch", elsewhere, true),
+        ("controller", "vigil.dev", "instancestatuses", "delete", elsewhere, true),
+        ("controller", "vigil.dev", "instancestatuses/status", "patch", elsewhere, true),
+        ("controller", "", "pods/eviction", "create", elsewhere, true),
+        ("controller", "coordination.k8s.io", "leases", "watch", here, true),
+        ("controller", "vigil.dev", "instancestatuses", "create", elsewhere, false),
+        ("controller", "vigil.dev", "healthchecks", "patch", elsewhere, false),
+        ("controller", "", "pods", "delete", elsewhere, false),
+        ("controller", "", "secrets", "list", here, false),
+        ("controller", "coordination.k8s.io", "leases", "patch", elsewhere, false),
+        ("controller", "authentication.k8s.io", "tokenreviews", "create", None, false),
+    ];
+    let mut wrong = Vec::new();
+    for (who, group, resource, verb, ns, expected) in cases {
+        let client = if who == "agent" { agent.clone() } else { controller.clone() };
+        if allowed(client, group, resource, verb, ns).await != expected {
+            wrong.push(format!("{who} {verb} {group}/{resource} in {ns:?}: expected allowed={expected}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    plane.delete_namespace(&namespace).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_status_owned_by_a_pod_goes_with_the_pod() {
     use k8s_openapi::api::core::v1::Pod;
@@ -549,21 +785,33 @@ async fn an_api_server_outage_refuses_connections_and_loses_nothing() {
     plane.delete_namespace(&namespace).await.unwrap();
 }
 
-/// The real `vigil controller` against `plane`, its Lease in `namespace`, its log under `dir`;
-/// returns the process and its HTTP port.
-fn start_controller(
+/// vigil's RBAC and admission policy (`manifests/`) for an install in `namespace`: the tests'
+/// agents and controllers run with the tokens of its ServiceAccounts only.
+async fn install_access(plane: &'static ControlPlane, namespace: &str) {
+    let namespace = namespace.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let cache = tempfile::tempdir().unwrap();
+        support::k8s::install_vigil_access(plane, &namespace, cache.path());
+    })
+    .await
+    .unwrap();
+}
+
+/// The real `vigil controller` against `plane` with the token of its ServiceAccount, its Lease in
+/// `namespace`, its log under `dir`; returns the process and its HTTP port.
+async fn start_controller(
     plane: &ControlPlane,
     namespace: &str,
     dir: &Path,
     extra: &[&str],
 ) -> (std::process::Child, u16) {
     let port = support::agent::free_port();
-    std::fs::create_dir_all(dir).unwrap();
+    let kubeconfig = support::k8s::controller_kubeconfig(plane, namespace, dir).await;
     let log = std::fs::File::create(dir.join("controller.log")).unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["controller", "--listen", &format!("127.0.0.1:{port}"), "--namespace", namespace])
         .arg("--kubeconfig")
-        .arg(plane.kubeconfig())
+        .arg(kubeconfig)
         .args(["--lease-duration", "4s"])
         .args(extra)
         .stdin(std::process::Stdio::null())
@@ -594,6 +842,7 @@ async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
     let namespace = plane.namespace("agent").await.unwrap();
     let client = plane.client().await.unwrap();
     install_crds(&client).await;
+    install_access(plane, &namespace).await;
     // A node name of this test's own: the agent watches pods and lists InstanceStatus by node.
     let node = format!("{namespace}-n1");
     let target = HttpTarget::start().await;
@@ -622,7 +871,8 @@ async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
     checks.create(&PostParams::default(), &check).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = plane.kubeconfig();
+    let kubeconfig =
+        support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
     let agent_args =
         ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str(), "--lease-renew", "2s"];
     let agent =
@@ -726,6 +976,7 @@ async fn an_agent_in_a_cluster_acts_only_when_the_controller_allows_it() {
     let namespace = plane.namespace("gate").await.unwrap();
     let client = plane.client().await.unwrap();
     install_crds(&client).await;
+    install_access(plane, &namespace).await;
     let node = format!("{namespace}-n1");
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("acted");
@@ -740,7 +991,8 @@ async fn an_agent_in_a_cluster_acts_only_when_the_controller_allows_it() {
     }))
     .unwrap();
     checks.create(&PostParams::default(), &check).await.unwrap();
-    let kubeconfig = plane.kubeconfig();
+    let kubeconfig =
+        support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
     let args = ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str()];
     let agent = tokio::task::block_in_place(|| {
         Agent::start_in_cluster(&dir.path().join("agent"), &kubeconfig, &node, &args)
@@ -784,6 +1036,7 @@ async fn the_controller_aggregates_the_fleet_and_allows_remediation() {
     let namespace = plane.namespace("ctrl").await.unwrap();
     let client = plane.client().await.unwrap();
     install_crds(&client).await;
+    install_access(plane, &namespace).await;
     let node = format!("{namespace}-n1");
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("acted");
@@ -805,7 +1058,7 @@ async fn the_controller_aggregates_the_fleet_and_allows_remediation() {
     .unwrap();
     checks.create(&PostParams::default(), &invalid).await.unwrap();
 
-    let (mut controller, port) = start_controller(plane, &namespace, dir.path(), &[]);
+    let (mut controller, port) = start_controller(plane, &namespace, dir.path(), &[]).await;
     let controller_log = || std::fs::read_to_string(dir.path().join("controller.log")).unwrap_or_default();
     eventually("the controller is ready", Duration::from_secs(30), || async {
         let (code, _) = tokio::task::block_in_place(|| {
@@ -816,7 +1069,8 @@ async fn the_controller_aggregates_the_fleet_and_allows_remediation() {
     })
     .await;
 
-    let kubeconfig = plane.kubeconfig();
+    let kubeconfig =
+        support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
     let args = ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str()];
     let agent = tokio::task::block_in_place(|| {
         Agent::start_in_cluster(&dir.path().join("agent"), &kubeconfig, &node, &args)
@@ -867,10 +1121,12 @@ async fn a_silent_node_is_unreachable_until_its_agent_returns() {
     let namespace = plane.namespace("loss").await.unwrap();
     let client = plane.client().await.unwrap();
     install_crds(&client).await;
+    install_access(plane, &namespace).await;
     let node = format!("{namespace}-n1");
     let dir = tempfile::tempdir().unwrap();
-    let (mut controller, _) = start_controller(plane, &namespace, dir.path(), &["--node-grace", "4s"]);
-    let kubeconfig = plane.kubeconfig();
+    let (mut controller, _) = start_controller(plane, &namespace, dir.path(), &["--node-grace", "4s"]).await;
+    let kubeconfig =
+        support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
     let args =
         ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str(), "--lease-renew", "1s"];
     let mut agent = tokio::task::block_in_place(|| {
@@ -923,6 +1179,7 @@ async fn an_agent_rides_out_an_api_server_outage() {
     let namespace = plane.namespace("ride").await.unwrap();
     let client = plane.client().await.unwrap();
     install_crds(&client).await;
+    install_access(plane, &namespace).await;
     let server = tokio::task::spawn_blocking(|| ControlPlane::shared().second_apiserver("ride"))
         .await
         .unwrap()
@@ -940,7 +1197,8 @@ async fn an_agent_rides_out_an_api_server_outage() {
     .unwrap();
     checks.create(&PostParams::default(), &check).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = server.kubeconfig();
+    let kubeconfig =
+        support::k8s::agent_kubeconfig(plane, &namespace, &node, &server.kubeconfig(), dir.path()).await;
     let args =
         ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str(), "--lease-renew", "1s"];
     let agent =
@@ -1018,6 +1276,7 @@ async fn a_second_controller_takes_over_when_the_leader_dies() {
     let namespace = plane.namespace("leader").await.unwrap();
     let client = plane.client().await.unwrap();
     install_crds(&client).await;
+    install_access(plane, &namespace).await;
     let dir = tempfile::tempdir().unwrap();
     let metric = |port: u16| -> Option<String> {
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -1025,12 +1284,12 @@ async fn a_second_controller_takes_over_when_the_leader_dies() {
             tokio::task::block_in_place(|| support::agent::request(addr, "GET", "/metrics", &[])).ok()?;
         text.lines().find(|l| l.starts_with("vigil_controller_leader ")).map(str::to_owned)
     };
-    let (mut first, first_port) = start_controller(plane, &namespace, &dir.path().join("a"), &[]);
+    let (mut first, first_port) = start_controller(plane, &namespace, &dir.path().join("a"), &[]).await;
     eventually("the first controller leads", Duration::from_secs(30), || async {
         (metric(first_port).as_deref() == Some("vigil_controller_leader 1")).then_some(())
     })
     .await;
-    let (mut second, second_port) = start_controller(plane, &namespace, &dir.path().join("b"), &[]);
+    let (mut second, second_port) = start_controller(plane, &namespace, &dir.path().join("b"), &[]).await;
     eventually("the second one is up, not leading", Duration::from_secs(30), || async {
         (metric(second_port).as_deref() == Some("vigil_controller_leader 0")).then_some(())
     })

@@ -248,7 +248,9 @@ pub async fn run(
     let mut statuses: Objects<InstanceStatus> =
         Objects::new(Api::all(client.clone()), watcher::Config::default());
     let agent_leases = watcher::Config::default().labels(api::labels::NODE);
-    let mut leases: Objects<Lease> = Objects::new(Api::all(client.clone()), agent_leases);
+    // The agents' Leases live beside the controller's own (one install, one namespace).
+    let mut leases: Objects<Lease> =
+        Objects::new(Api::namespaced(client.clone(), &config.namespace), agent_leases);
     let grace = Duration::from_secs_f64(config.node_grace_seconds.max(1.0));
     let mut look_at_nodes = tokio::time::interval((grace / 4).max(Duration::from_secs(1)));
     let recorder = Recorder::new(

@@ -25,11 +25,11 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::render;
-use crate::api::{self, InstanceStatus};
+use crate::api::{self, InstanceKind, InstanceStatus};
 use crate::cluster::AGENT_MANAGER;
 use crate::engine::feed::Cursor;
 use crate::engine::store::Store;
-use crate::engine::store::view::Restored;
+use crate::engine::store::view::{InstanceView, Restored};
 use crate::health::Health;
 use crate::metrics::AgentMetrics;
 
@@ -235,7 +235,7 @@ impl ApiWriter {
     /// Queues every instance the store holds.
     fn rewrite_all(&mut self) {
         let namespace = self.store.namespace().to_owned();
-        for view in self.store.instances() {
+        for view in self.store.instances().into_iter().filter(reported) {
             let doc = render::instance_status(&view, &namespace);
             let (ns, name) = place(&doc);
             self.names.insert(view.instance.id.clone(), (ns.clone(), name.clone()));
@@ -254,7 +254,7 @@ impl ApiWriter {
                 break;
             }
             for (id, view) in changes.instances {
-                let pending = match view {
+                let pending = match view.filter(reported) {
                     Some(view) => {
                         let doc = render::instance_status(&view, &namespace);
                         let (ns, name) = place(&doc);
@@ -346,6 +346,13 @@ impl ApiWriter {
 }
 
 /// Namespace and name of the object a document is written to.
+/// Whether an instance gets an InstanceStatus: a pod only while a HealthCheck selects it (a
+/// node runs many pods nobody asked about, and each object costs the API server and etcd);
+/// the host, containers, VMs and endpoints always, as a cloud reports every instance.
+fn reported(view: &InstanceView) -> bool {
+    view.instance.kind != InstanceKind::Pod || !view.checks.is_empty()
+}
+
 fn place(doc: &InstanceStatus) -> (String, String) {
     (doc.metadata.namespace.clone().unwrap_or_default(), doc.metadata.name.clone().unwrap_or_default())
 }

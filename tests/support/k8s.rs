@@ -69,3 +69,99 @@ impl Kubectl {
 pub async fn control_plane() -> &'static ControlPlane {
     tokio::task::spawn_blocking(ControlPlane::shared).await.unwrap()
 }
+
+/// vigil's own access rules (`manifests/rbac.yaml` and `manifests/admission-policy.yaml`) for an
+/// install in `namespace`: the ServiceAccounts, Roles and bindings there, the ClusterRoles and
+/// the admission policy as shipped, and ClusterRoleBindings of the namespace's own name (so that
+/// tests in other namespaces do not take each other's).
+#[allow(dead_code)] // each test binary uses its part
+pub fn install_vigil_access(plane: &ControlPlane, namespace: &str, cache: &Path) {
+    let kubectl = Kubectl::new(&plane.kubeconfig(), cache);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    let mut text = String::new();
+    for file in ["rbac.yaml", "admission-policy.yaml"] {
+        let manifest = std::fs::read_to_string(root.join(file)).unwrap();
+        for doc in manifest.split("\n---\n") {
+            let doc = doc.replace("namespace: vigil-system", &format!("namespace: {namespace}"));
+            let doc = if doc.contains("kind: ClusterRoleBinding") {
+                doc.replacen(
+                    "metadata:\n  name: vigil-",
+                    &format!("metadata:\n  name: {namespace}-vigil-"),
+                    1,
+                )
+            } else {
+                doc
+            };
+            text.push_str(&doc);
+            text.push_str("\n---\n");
+        }
+    }
+    kubectl.ok_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &text);
+}
+
+/// Writes a kubeconfig for the server and CA of `base` that presents `token` and nothing else.
+#[allow(dead_code)]
+pub fn token_kubeconfig(base: &Path, token: &str, path: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(base).unwrap();
+    let clusters = text.split("\nusers:").next().unwrap();
+    let context = "contexts:\n- name: vigil-test\n  context:\n    cluster: vigil-test\n    user: token\ncurrent-context: vigil-test\n";
+    std::fs::write(
+        path,
+        format!("{clusters}\nusers:\n- name: token\n  user:\n    token: {token}\n{context}"),
+    )
+    .unwrap();
+    path.to_owned()
+}
+
+/// The agent's credentials for `node`, as the DaemonSet's pod would have them: a Pod of
+/// ServiceAccount `vigil-agent` in `namespace` scheduled on `node` (there is no kubelet; it stays
+/// Pending) and a token bound to it, which carries the node's name. Written as a kubeconfig for
+/// the server of `base` under `dir`.
+#[allow(dead_code)]
+pub async fn agent_kubeconfig(
+    plane: &ControlPlane,
+    namespace: &str,
+    node: &str,
+    base: &Path,
+    dir: &Path,
+) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, PostParams};
+    let admin = plane.client().await.unwrap();
+    plane.token_for(namespace, "vigil-agent", TokenRequestSpec::default()).await.unwrap();
+    let name = format!("vigil-agent-{node}");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "vigil-agent"}},
+        "spec": {"nodeName": node, "serviceAccountName": "vigil-agent",
+                 "containers": [{"name": "agent", "image": "vigil"}]},
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin, namespace);
+    let pod = match pods.create(&PostParams::default(), &pod).await {
+        Ok(pod) => pod,
+        Err(kube::Error::Api(s)) if s.code == 409 => pods.get(&name).await.unwrap(),
+        Err(e) => panic!("{e}"),
+    };
+    let spec = TokenRequestSpec {
+        bound_object_ref: Some(BoundObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name.clone()),
+            uid: pod.metadata.uid,
+        }),
+        ..TokenRequestSpec::default()
+    };
+    let token = plane.token_for(namespace, "vigil-agent", spec).await.unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    token_kubeconfig(base, &token, &dir.join(format!("agent-{node}.kubeconfig")))
+}
+
+/// The controller's credentials: a token of ServiceAccount `vigil-controller` in `namespace`.
+#[allow(dead_code)]
+pub async fn controller_kubeconfig(plane: &ControlPlane, namespace: &str, dir: &Path) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequestSpec;
+    let token = plane.token_for(namespace, "vigil-controller", TokenRequestSpec::default()).await.unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    token_kubeconfig(&plane.kubeconfig(), &token, &dir.join("controller.kubeconfig"))
+}
