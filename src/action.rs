@@ -106,8 +106,6 @@ pub struct Executors {
     pub container: Option<Arc<dyn ActionExecutor>>,
     /// `restartVM`.
     pub vm: Option<Arc<dyn ActionExecutor>>,
-    /// `evictPod`.
-    pub pod: Option<Arc<dyn ActionExecutor>>,
 }
 
 impl Executors {
@@ -117,7 +115,8 @@ impl Executors {
             ActionKind::Exec => (&self.exec, "exec actions are disabled on this agent"),
             ActionKind::RestartContainer => (&self.container, "this agent has no Docker runtime"),
             ActionKind::RestartVm => (&self.vm, "this agent has no QEMU runtime"),
-            ActionKind::EvictPod => (&self.pod, "this agent is not connected to Kubernetes"),
+            // Agents never evict: the controller does, paced across the fleet.
+            ActionKind::EvictPod => (&None, "evictPod is carried out by the controller"),
         };
         match executor {
             Some(executor) => executor.execute(request).await,

@@ -234,6 +234,16 @@ pub struct ControllerArgs {
     /// its node is impaired (`reachability`).
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     pub node_grace: Duration,
+
+    /// At most one `evictPod` eviction per this interval across the whole fleet (the node
+    /// lifecycle controller's default pace is one per 10 s too).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub eviction_interval: Duration,
+
+    /// How long after its agent fell silent the InstanceStatus of a node that no longer has a
+    /// Node object are deleted.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub gc_after: Duration,
 }
 
 /// `vigil check`.

@@ -56,6 +56,11 @@ pub enum ClusterError {
 /// A client from `kubeconfig`, or else from what the environment says (`KUBECONFIG`,
 /// `~/.kube/config`, the in-cluster ServiceAccount).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClusterError> {
+    Client::try_from(config(kubeconfig).await?).map_err(ClusterError::Client)
+}
+
+/// The client configuration from `kubeconfig`, or else from the environment (as [`client`]).
+pub async fn config(kubeconfig: Option<&Path>) -> Result<Config, ClusterError> {
     let config = match kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path)
@@ -66,7 +71,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClusterError> {
         }
         None => Config::infer().await.map_err(ClusterError::Infer)?,
     };
-    Client::try_from(config).map_err(ClusterError::Client)
+    Ok(config)
 }
 
 /// The objects one watch holds, kept current from its events: the full set after the first

@@ -804,7 +804,7 @@ async fn start_controller(
     namespace: &str,
     dir: &Path,
     extra: &[&str],
-) -> (std::process::Child, u16) {
+) -> (ControllerProcess, u16) {
     let port = support::agent::free_port();
     let kubeconfig = support::k8s::controller_kubeconfig(plane, namespace, dir).await;
     let log = std::fs::File::create(dir.join("controller.log")).unwrap();
@@ -819,7 +819,31 @@ async fn start_controller(
         .stderr(log)
         .spawn()
         .unwrap();
-    (child, port)
+    (ControllerProcess(child), port)
+}
+
+/// A `vigil controller` process, killed when dropped (a failed test must not leave a controller
+/// that goes on reconciling every HealthCheck in the cluster).
+struct ControllerProcess(std::process::Child);
+
+impl std::ops::Deref for ControllerProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ControllerProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Tests that run agents take turns: the API server counts requests for the whole cluster, and
@@ -1334,5 +1358,227 @@ async fn a_second_controller_takes_over_when_the_leader_dies() {
     assert!(checks.get("three").await.unwrap().status.is_none(), "a controller that lost the Lease wrote");
     let _ = second.kill();
     let _ = second.wait();
+    plane.delete_namespace(&namespace).await.unwrap();
+}
+
+/// Creates pod `name` (label app=web) on `node`, Running and Ready at 127.0.0.1 with its named
+/// port `http` at `port` (there is no kubelet: the test writes the status).
+async fn running_pod(pods: &Api<k8s_openapi::api::core::v1::Pod>, name: &str, node: &str, port: u16) {
+    let pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": "web"}},
+        "spec": {"nodeName": node, "containers": [{"name": "web", "image": "nginx",
+            "ports": [{"name": "http", "containerPort": port}]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let running = json!({"status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&running)).await.unwrap();
+}
+
+/// `evictPod` on the real API server: the leader evicts the failing pod through the Eviction
+/// API; a PodDisruptionBudget that allows no disruption refuses it first (a Warning Event, a
+/// retry with backoff), and once the budget allows one, the pod is evicted (a Normal Event);
+/// the healthy pod is left alone and the agent never evicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_evicts_a_failing_pod_within_its_disruption_budget() {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use support::agent::Agent;
+    use support::servers::HttpTarget;
+
+    let _turn = AGENTS.lock().await;
+    let plane = control_plane().await;
+    let namespace = plane.namespace("evict").await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    install_access(plane, &namespace).await;
+    let node = format!("{namespace}-n1");
+    let (failing, healthy) = (HttpTarget::start().await, HttpTarget::start().await);
+    let port = |t: &HttpTarget| -> u16 { t.address().rsplit(':').next().unwrap().parse().unwrap() };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    running_pod(&pods, "web-1", &node, port(&failing)).await;
+    running_pod(&pods, "web-2", &node, port(&healthy)).await;
+    // Both pods must stay up: no disruption allowed.
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
+    let budget = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}},
+    }))
+    .unwrap();
+    budgets.create(&PostParams::default(), &budget).await.unwrap();
+    eventually("the disruption controller counts both pods", Duration::from_secs(30), || async {
+        let status = budgets.get("web").await.ok()?.status?;
+        (status.current_healthy == Some(2) && status.disruptions_allowed == Some(0)).then_some(())
+    })
+    .await;
+
+    let checks: Api<HealthCheck> = Api::namespaced(client.clone(), &namespace);
+    let check: HealthCheck = serde_json::from_value(json!({
+        "apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck",
+        "metadata": {"name": "web"},
+        "spec": {"target": {"pods": {"selector": {"matchLabels": {"app": "web"}}}},
+                 "probe": {"http": {"path": "/health", "port": "http"}, "periodSeconds": 1, "failureThreshold": 2},
+                 "action": {"type": "evictPod", "maxRestarts": 3, "backoff": {"initialSeconds": 2}}},
+    }))
+    .unwrap();
+    checks.create(&PostParams::default(), &check).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut controller, port) =
+        start_controller(plane, &namespace, dir.path(), &["--eviction-interval", "1s"]).await;
+    let kubeconfig =
+        support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
+    let args = ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str()];
+    let agent = tokio::task::block_in_place(|| {
+        Agent::start_in_cluster(&dir.path().join("agent"), &kubeconfig, &node, &args)
+    });
+    failing.set_status(503);
+
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &namespace);
+    let find = |reason: &'static str| {
+        let events = events.clone();
+        async move {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason))
+        }
+    };
+    let controller_log = || std::fs::read_to_string(dir.path().join("controller.log")).unwrap_or_default();
+    let refused =
+        eventually("the budget refuses the eviction", Duration::from_secs(60), || find("EvictionRefused"))
+            .await;
+    assert_eq!(refused.type_.as_deref(), Some("Warning"));
+    let note = refused.note.clone().unwrap_or_default();
+    assert!(note.contains("web-1") && note.contains("disruption budget"), "{note}");
+    let regarding = refused.regarding.clone().unwrap_or_default();
+    assert_eq!(
+        (regarding.kind.as_deref(), regarding.name.as_deref()),
+        (Some("InstanceStatus"), Some("pod-web-1"))
+    );
+    assert_eq!(refused.related.and_then(|r| r.name).as_deref(), Some("web-1"));
+    assert_eq!(refused.reporting_controller.as_deref(), Some("vigil.dev/controller"));
+    assert!(pods.get("web-1").await.unwrap().metadata.deletion_timestamp.is_none(), "refused means refused");
+
+    // The budget allows one disruption: the retry evicts the failing pod, and only it.
+    let allow = json!({"spec": {"minAvailable": 1}});
+    budgets.patch("web", &PatchParams::default(), &Patch::Merge(&allow)).await.unwrap();
+    let evicted =
+        eventually("the failing pod is evicted", Duration::from_secs(60), || find("PodEvicted")).await;
+    assert_eq!(evicted.type_.as_deref(), Some("Normal"));
+    assert!(evicted.note.clone().unwrap_or_default().contains(&format!("HealthCheck {namespace}/web")));
+    // Without a kubelet the pod stays terminating; it was evicted (not deleted outright) when the
+    // budget counts the disruption.
+    let terminating = pods.get("web-1").await.unwrap();
+    assert!(
+        terminating.metadata.deletion_timestamp.is_some(),
+        "{:?}\n{}",
+        terminating.metadata,
+        controller_log()
+    );
+    assert!(pods.get("web-2").await.unwrap().metadata.deletion_timestamp.is_none());
+    let metrics = tokio::task::block_in_place(|| {
+        support::agent::request(format!("127.0.0.1:{port}").parse().unwrap(), "GET", "/metrics", &[])
+    })
+    .unwrap()
+    .1;
+    let count = |outcome: &str| -> u64 {
+        let series = format!("vigil_controller_evictions_total{{outcome=\"{outcome}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(series.as_str())).map_or(0, |v| v.trim().parse().unwrap())
+    };
+    assert_eq!(count("evicted"), 1, "{metrics}");
+    assert!(count("refused") >= 1, "{metrics}");
+    // Evicted once: a terminating pod is not evicted again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = tokio::task::block_in_place(|| {
+        support::agent::request(format!("127.0.0.1:{port}").parse().unwrap(), "GET", "/metrics", &[])
+    })
+    .unwrap()
+    .1;
+    assert!(again.contains("vigil_controller_evictions_total{outcome=\"evicted\"} 1"), "{again}");
+    assert!(agent.logs().contains("evictPod is carried out by the controller"), "{}", agent.logs());
+    controller.kill().unwrap();
+    controller.wait().unwrap();
+    drop(agent);
+    plane.delete_namespace(&namespace).await.unwrap();
+}
+
+/// Garbage collection: the InstanceStatus of a node whose Node object is deleted and whose agent's
+/// Lease expired goes; those of a node whose agent renews its Lease stay, Node object or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_collects_the_status_of_nodes_that_are_gone() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Node;
+
+    let _turn = AGENTS.lock().await;
+    let plane = control_plane().await;
+    let namespace = plane.namespace("gcn").await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    install_access(plane, &namespace).await;
+    let (gone, alive) = (format!("{namespace}-gone"), format!("{namespace}-alive"));
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": gone}})).unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let statuses: Api<InstanceStatus> = Api::namespaced(client.clone(), &namespace);
+    for n in [&gone, &alive] {
+        let doc: InstanceStatus = serde_json::from_value(json!({
+            "apiVersion": "vigil.dev/v1alpha1", "kind": "InstanceStatus",
+            "metadata": {"name": format!("host-{n}"), "labels": {"vigil.dev/node": n}},
+            "spec": {"instance": {"kind": "Host", "id": format!("host-{n}"), "name": n, "node": n}},
+        }))
+        .unwrap();
+        statuses.create(&PostParams::default(), &doc).await.unwrap();
+    }
+    // The agents' Leases (written here as agents do): the live node's renewed just now, the
+    // other's last renewed an hour ago.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    for (n, age) in [(&alive, 0), (&gone, 3600)] {
+        let renewed = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(age);
+        let lease: Lease = serde_json::from_value(json!({
+            "metadata": {"name": format!("vigil-agent-{n}"), "labels": {"vigil.dev/node": n}},
+            "spec": {"holderIdentity": n, "leaseDurationSeconds": 40,
+                     "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()},
+        }))
+        .unwrap();
+        leases.create(&PostParams::default(), &lease).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_controller, port) =
+        start_controller(plane, &namespace, dir.path(), &["--gc-after", "2s", "--node-grace", "4s"]).await;
+    let collected = || {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let text = tokio::task::block_in_place(|| support::agent::request(addr, "GET", "/metrics", &[]))
+            .map(|r| r.1)
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("vigil_controller_collected_total{result=\"ok\"} "))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    // Its Node stands: kept, however long its agent is silent.
+    eventually("the controller leads", Duration::from_secs(30), || async {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (_, text) =
+            tokio::task::block_in_place(|| support::agent::request(addr, "GET", "/metrics", &[])).ok()?;
+        text.contains("vigil_controller_leader 1").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(statuses.get(&format!("host-{gone}")).await.is_ok(), "collected while its Node stands");
+    // (The count is the cluster's: other tests' leftovers may be collected too.)
+    let before = collected();
+    nodes.delete(&gone, &Default::default()).await.unwrap();
+    eventually("the gone node's InstanceStatus is collected", Duration::from_secs(30), || async {
+        match statuses.get(&format!("host-{gone}")).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(collected() > before);
+    assert!(statuses.get(&format!("host-{alive}")).await.is_ok(), "a node whose agent renews stays");
     plane.delete_namespace(&namespace).await.unwrap();
 }

@@ -6,6 +6,8 @@
 //! ([`crate::engine::aggregate`]) and is written only when it changes, only while this replica
 //! holds the leader Lease, with exponential backoff per object after an error.
 
+pub mod evict;
+pub mod gc;
 pub mod nodes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,8 +23,9 @@ use axum::response::Response;
 use axum::routing::get;
 use futures_util::future::select;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -67,6 +70,11 @@ pub struct ControllerConfig {
     /// How long an agent's Lease may go unrenewed before its node's instances are impaired,
     /// seconds.
     pub node_grace_seconds: f64,
+    /// At most one `evictPod` eviction per this interval across the fleet.
+    pub eviction_interval_seconds: f64,
+    /// InstanceStatus of a node without a Node object are deleted once its agent has been silent
+    /// this long.
+    pub gc_after_seconds: f64,
 }
 
 impl ControllerConfig {
@@ -79,6 +87,8 @@ impl ControllerConfig {
             identity,
             lease_duration,
             node_grace,
+            eviction_interval,
+            gc_after,
         } = args;
         let identity = identity.unwrap_or_else(|| {
             let host =
@@ -92,6 +102,8 @@ impl ControllerConfig {
             identity,
             lease_duration_seconds: lease_duration.as_secs().max(2),
             node_grace_seconds: node_grace.as_secs_f64(),
+            eviction_interval_seconds: eviction_interval.as_secs_f64(),
+            gc_after_seconds: gc_after.as_secs_f64(),
         }
     }
 }
@@ -135,6 +147,10 @@ pub struct ControllerMetrics {
     pub leader: IntGauge,
     /// HealthChecks waiting for a retry after an error.
     pub backing_off: IntGauge,
+    /// `evictPod` attempts, by outcome.
+    pub evictions: IntCounterVec,
+    /// InstanceStatus deleted because their node is gone, by result.
+    pub collected: IntCounterVec,
 }
 
 impl ControllerMetrics {
@@ -161,12 +177,28 @@ impl ControllerMetrics {
                 "vigil_controller_backoff_objects",
                 "HealthChecks whose status write failed and waits for its retry.",
             )?,
+            evictions: IntCounterVec::new(
+                Opts::new(
+                    "vigil_controller_evictions_total",
+                    "evictPod attempts through the Eviction API, by outcome (evicted, refused: a disruption budget said no, failed).",
+                ),
+                &["outcome"],
+            )?,
+            collected: IntCounterVec::new(
+                Opts::new(
+                    "vigil_controller_collected_total",
+                    "InstanceStatus deleted because their node is gone, by result.",
+                ),
+                &["result"],
+            )?,
         };
         registry.register(Box::new(m.reconciles.clone()))?;
         registry.register(Box::new(m.status_writes.clone()))?;
         registry.register(Box::new(m.errors.clone()))?;
         registry.register(Box::new(m.leader.clone()))?;
         registry.register(Box::new(m.backing_off.clone()))?;
+        registry.register(Box::new(m.evictions.clone()))?;
+        registry.register(Box::new(m.collected.clone()))?;
         Ok(m)
     }
 }
@@ -197,7 +229,13 @@ pub async fn run(
     let readiness = Readiness::new();
     let checks_listed = readiness.handle("HealthChecks listed");
     let statuses_listed = readiness.handle("InstanceStatus listed");
-    let client = crate::cluster::client(config.kubeconfig.as_deref()).await?;
+    let client_config = crate::cluster::config(config.kubeconfig.as_deref()).await?;
+    let client = kube::Client::try_from(client_config.clone()).map_err(ClusterError::Client)?;
+    // Evictions are retried by the controller's own backoff: a 429 (a disruption budget says
+    // no) must come back at once, not after the client's retries (up to minutes).
+    let mut no_retry = client_config;
+    no_retry.default_retry = false;
+    let evicting = kube::Client::try_from(no_retry).map_err(ClusterError::Client)?;
 
     let lease = LeaseManagerBuilder::new(client.clone(), LEADER_LEASE)
         .with_namespace(config.namespace.clone())
@@ -251,6 +289,10 @@ pub async fn run(
     // The agents' Leases live beside the controller's own (one install, one namespace).
     let mut leases: Objects<Lease> =
         Objects::new(Api::namespaced(client.clone(), &config.namespace), agent_leases);
+    // Which nodes exist, for garbage collection (metadata only: a Node's status is large).
+    let mut node_objects: Objects<PartialObjectMeta<Node>> =
+        Objects::new(Api::all(client.clone()), watcher::Config::default());
+    let gc_after = Duration::from_secs_f64(config.gc_after_seconds.max(0.0));
     let grace = Duration::from_secs_f64(config.node_grace_seconds.max(1.0));
     let mut look_at_nodes = tokio::time::interval((grace / 4).max(Duration::from_secs(1)));
     let recorder = Recorder::new(
@@ -259,6 +301,9 @@ pub async fn run(
     );
     let mut reconciler = Reconciler {
         client,
+        evicting,
+        evictions: evict::Evictions::new(Duration::from_secs_f64(config.eviction_interval_seconds)),
+        recorder: recorder.clone(),
         catalog: Catalog::default(),
         written: HashMap::new(),
         backoff: HashMap::new(),
@@ -268,7 +313,7 @@ pub async fn run(
     let (mut checks_listed, mut statuses_listed) = (Some(checks_listed), Some(statuses_listed));
     let work = async {
         loop {
-            let retry_at = reconciler.backoff.values().map(|b| b.until).min();
+            let retry_at = reconciler.wake_at();
             let mut dirty = tokio::select! {
                 r = checks.changed() => reconciler.watched("HealthCheck", r),
                 r = statuses.changed() => reconciler.watched("InstanceStatus", r),
@@ -276,9 +321,17 @@ pub async fn run(
                     reconciler.watched("Lease", r);
                     false
                 }
+                r = node_objects.changed() => {
+                    reconciler.watched("Node", r);
+                    false
+                }
                 _ = look_at_nodes.tick() => {
                     if leases.synced() && statuses.synced() && *leading.borrow() {
                         reconciler.mark_silent_nodes(leases.current(), statuses.current(), grace, &recorder).await;
+                        if node_objects.synced() {
+                            let nodes = node_objects.current().values().filter_map(|n| n.metadata.name.clone()).collect();
+                            reconciler.collect(statuses.current(), &nodes, leases.current(), gc_after).await;
+                        }
                     }
                     false
                 }
@@ -338,6 +391,11 @@ pub async fn run(
 
 struct Reconciler {
     client: Client,
+    /// The client for evictions (without the client's own retries of 429).
+    evicting: Client,
+    /// `evictPod` across the fleet.
+    evictions: evict::Evictions,
+    recorder: Recorder,
     catalog: Catalog,
     /// The status written per HealthCheck until the watch brings it back, so that a round in
     /// between does not write it again.
@@ -348,6 +406,69 @@ struct Reconciler {
 }
 
 impl Reconciler {
+    /// When the next round is due without a change: a write to retry, an eviction waiting.
+    fn wake_at(&self) -> Option<tokio::time::Instant> {
+        let retry = self.backoff.values().map(|b| b.until).min();
+        let eviction = self.evictions.wake_at().map(|at| {
+            let wait = jiff::Timestamp::now().duration_until(at);
+            tokio::time::Instant::now() + Duration::try_from(wait).unwrap_or(Duration::ZERO)
+        });
+        retry.into_iter().chain(eviction).min()
+    }
+
+    /// Evicts at most one pod of an `evictPod` HealthCheck (the fleet-wide pace), with Events.
+    async fn evict(
+        &mut self,
+        infos: &[crate::engine::store::CheckInfo],
+        allowed: &HashMap<CheckKey, bool>,
+        statuses: &BTreeMap<String, InstanceStatus>,
+    ) {
+        let defs: HashMap<CheckKey, &crate::model::CheckDef> =
+            infos.iter().filter_map(|i| i.def.as_deref()).map(|d| (d.key.clone(), d)).collect();
+        self.evictions.retain(&infos.iter().map(|i| i.key.clone()).collect());
+        let candidates = evict::candidates(defs.values().copied(), allowed, statuses);
+        let now = jiff::Timestamp::now();
+        let Some(chosen) = self.evictions.due(candidates, &defs, now) else { return };
+        tracing::debug!(check = %chosen.check, pod = chosen.pod, "evicting");
+        let (outcome, message) = evict::evict(&self.evicting, &chosen).await;
+        self.evictions.record(&chosen, outcome, now);
+        self.metrics.evictions.with_label_values(&[outcome.as_str()]).inc();
+        let (type_, reason) = match outcome {
+            evict::Outcome::Evicted => (EventType::Normal, "PodEvicted"),
+            evict::Outcome::Refused => (EventType::Warning, "EvictionRefused"),
+            evict::Outcome::Failed => (EventType::Warning, "EvictionFailed"),
+        };
+        match outcome {
+            evict::Outcome::Evicted => info!(check = %chosen.check, "{message}"),
+            _ => warn!(check = %chosen.check, "{message}"),
+        }
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(format!("{message} (HealthCheck {})", chosen.check)),
+            action: "EvictPod".to_owned(),
+            secondary: Some(ObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Pod".to_owned()),
+                name: Some(chosen.pod.clone()),
+                namespace: Some(chosen.namespace.clone()),
+                uid: chosen.uid.clone(),
+                ..ObjectReference::default()
+            }),
+        };
+        let regarding = ObjectReference {
+            api_version: Some(api::API_VERSION.to_owned()),
+            kind: Some("InstanceStatus".to_owned()),
+            name: Some(chosen.status_name.clone()),
+            namespace: Some(chosen.namespace.clone()),
+            uid: chosen.status_uid.clone(),
+            ..ObjectReference::default()
+        };
+        if let Err(e) = self.recorder.publish(&event, &regarding).await {
+            warn!("cannot record an Event: {}", error_message(&e));
+        }
+    }
+
     /// Marks the System check of every instance of a silent node impaired (once).
     async fn mark_silent_nodes(
         &mut self,
@@ -400,6 +521,41 @@ impl Reconciler {
                     self.metrics.status_writes.with_label_values(&["error"]).inc();
                     self.metrics.errors.with_label_values(&["write"]).inc();
                     warn!(node, instance = %name, "cannot mark the instance unreachable: {}", error_message(&e));
+                }
+            }
+        }
+    }
+
+    /// Deletes the InstanceStatus of nodes that are gone ([`gc::garbage`]).
+    async fn collect(
+        &self,
+        statuses: &BTreeMap<String, InstanceStatus>,
+        nodes: &std::collections::HashSet<String>,
+        leases: &BTreeMap<String, Lease>,
+        after: Duration,
+    ) {
+        let garbage = gc::garbage(statuses.values(), nodes, leases.values(), after, jiff::Timestamp::now());
+        for (ns, name) in garbage {
+            let api: Api<InstanceStatus> = Api::namespaced(self.client.clone(), &ns);
+            match api.delete(&name, &Default::default()).await {
+                Ok(_) => {
+                    self.metrics.collected.with_label_values(&["ok"]).inc();
+                    info!(
+                        namespace = ns,
+                        instance = name,
+                        "deleted the InstanceStatus of a node that is gone"
+                    );
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    self.metrics.collected.with_label_values(&["error"]).inc();
+                    self.metrics.errors.with_label_values(&["write"]).inc();
+                    warn!(
+                        namespace = ns,
+                        instance = name,
+                        "cannot delete the InstanceStatus: {}",
+                        error_message(&e)
+                    );
                 }
             }
         }
@@ -484,6 +640,8 @@ impl Reconciler {
         if !lead {
             return;
         }
+        let allowed: HashMap<CheckKey, bool> =
+            wanted.iter().map(|(k, s)| (k.clone(), s.remediation_allowed.unwrap_or(false))).collect();
         let tnow = tokio::time::Instant::now();
         for (key, status) in wanted {
             let value = serde_json::to_value(&status).unwrap_or_default();
@@ -528,6 +686,7 @@ impl Reconciler {
         }
         self.backoff.retain(|k, _| current.contains_key(k));
         self.metrics.backing_off.set(i64::try_from(self.backoff.len()).unwrap_or(i64::MAX));
+        self.evict(&infos, &allowed, statuses).await;
     }
 }
 

@@ -524,7 +524,12 @@ impl Store {
                 .get(&check.key)
                 .map(|c| (c.counts[index(CheckStatus::Impaired)], c.counts.iter().sum()))
                 .unwrap_or((1, 1));
-            let blocked = self.gate.blocked(&check.key, def.max_unhealthy, unhealthy, total);
+            // The controller evicts pods: it paces evictions across the fleet.
+            let blocked = if def.kind == crate::model::ActionKind::EvictPod {
+                Some(Decision::Withheld { why: "evictPod is carried out by the controller".to_owned() })
+            } else {
+                self.gate.blocked(&check.key, def.max_unhealthy, unhealthy, total)
+            };
             if let Some(e) = inner.instances.get_mut(instance_id) {
                 let decision = blocked.unwrap_or_else(|| e.book.decide(&def.policy, &check.key, now));
                 if decision == Decision::Act {
