@@ -1582,3 +1582,81 @@ async fn the_controller_collects_the_status_of_nodes_that_are_gone() {
     assert!(statuses.get(&format!("host-{alive}")).await.is_ok(), "a node whose agent renews stays");
     plane.delete_namespace(&namespace).await.unwrap();
 }
+
+/// In a cluster the agent's sensitive routes are judged by the API server: no token → 401, even
+/// on loopback; a token it does not accept → 401; a ServiceAccount without the
+/// `vigil-node-reader` role → 403 naming what it lacks; bound to it → 200. Public routes stay
+/// open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_judges_who_reads_an_agents_sensitive_routes() {
+    use support::agent::{Agent, request};
+
+    let _turn = AGENTS.lock().await;
+    let plane = control_plane().await;
+    let namespace = plane.namespace("authz").await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    install_access(plane, &namespace).await;
+    let node = format!("{namespace}-n1");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig =
+        support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
+    let args = ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str()];
+    let agent = tokio::task::block_in_place(|| {
+        Agent::start_in_cluster(&dir.path().join("agent"), &kubeconfig, &node, &args)
+    });
+    let token = |name: &'static str| {
+        let namespace = namespace.clone();
+        async move { plane.token_for(&namespace, name, Default::default()).await.unwrap() }
+    };
+    let (stranger, reader) = (token("stranger").await, token("reader").await);
+    let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("{namespace}-reader")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "vigil-node-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+    }))
+    .unwrap();
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    bindings.create(&PostParams::default(), &binding).await.unwrap();
+    let get = |path: &'static str, token: Option<String>| {
+        let addr = agent.addr;
+        tokio::task::block_in_place(move || {
+            let header = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> = header.iter().map(|h| ("authorization", h.as_str())).collect();
+            request(addr, "GET", path, &headers).unwrap()
+        })
+    };
+    let (code, body) = get("/v1/host/config", None);
+    assert_eq!(code, 401, "loopback is not trusted in a cluster: {body}");
+    let (code, body) = get("/v1/host/config", Some("not-a-token".into()));
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("does not accept this token"), "{body}");
+    let (code, body) = get("/v1/host/config", Some(stranger.clone()));
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains(&format!(
+            "system:serviceaccount:{namespace}:stranger may not get nodes/config of {node}"
+        )),
+        "{body}"
+    );
+    let allowed = eventually("the reader's binding takes effect", Duration::from_secs(20), || {
+        let reader = reader.clone();
+        async move {
+            let (code, body) = get("/v1/host/config", Some(reader));
+            (code == 200).then_some(body)
+        }
+    })
+    .await;
+    assert!(allowed.contains(&node), "{allowed}");
+    // The logs route is judged on its own (the route exists; the container does not).
+    let (code, body) = get("/api/v1/containers/none/logs?tail=1", Some(stranger));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("nodes/logs"), "{body}");
+    let (code, _) = get("/api/v1/containers/none/logs?tail=1", Some(reader));
+    assert_ne!(code, 403);
+    // What is not sensitive needs nothing.
+    assert_eq!(get("/v1/host/status", None).0, 200);
+    bindings.delete(&format!("{namespace}-reader"), &Default::default()).await.unwrap();
+    drop(agent);
+    plane.delete_namespace(&namespace).await.unwrap();
+}

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 
 pub use super::state::ApiState;
-use crate::http::{self, AccessPolicy};
+use crate::http::{self, AccessPolicy, Sensitive};
 use crate::inventory::host;
 use crate::metrics;
 use crate::report::render;
@@ -23,12 +23,19 @@ pub const MAX_HEARTBEAT_SILENCE: Duration = Duration::from_secs(30);
 
 /// The agent's routes.
 pub fn router(state: ApiState, access: AccessPolicy, request_timeout: Duration) -> Router {
+    let config_access = access.clone();
     let sensitive = Router::new()
         .route("/v1/host/config", get(config))
-        .route("/api/v1/containers/{id}/logs", get(super::containers::logs))
         .route_layer(axum::middleware::from_fn(move |req, next| {
-            http::require_access(access.clone(), req, next)
-        }));
+            http::require_access(config_access.clone(), Sensitive::Config, req, next)
+        }))
+        .merge(
+            Router::new().route("/api/v1/containers/{id}/logs", get(super::containers::logs)).route_layer(
+                axum::middleware::from_fn(move |req, next| {
+                    http::require_access(access.clone(), Sensitive::Logs, req, next)
+                }),
+            ),
+        );
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

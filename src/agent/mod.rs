@@ -3,6 +3,7 @@
 //! Long-lived tasks run in one `JoinSet`. If any ends before shutdown, the agent logs why, turns
 //! unready and unhealthy, and exits non-zero: a silently dead reporter must not look alive.
 
+mod access;
 pub mod api;
 mod containers;
 mod lease;
@@ -430,6 +431,8 @@ struct ModeParts {
     tasks: Vec<(&'static str, Task)>,
     /// This node's labels, when something keeps them current (the Node object).
     node_labels: Option<watch::Receiver<std::collections::BTreeMap<String, String>>>,
+    /// Who judges callers of the sensitive routes (the API server, in a cluster).
+    reviewer: Option<Arc<dyn http::TokenReviewer>>,
 }
 
 /// A long-lived task, started with the shutdown token.
@@ -472,6 +475,7 @@ fn standalone(
         inventories: Vec::new(),
         tasks: Vec::new(),
         node_labels: None,
+        reviewer: None,
     })
 }
 
@@ -578,7 +582,10 @@ async fn kubernetes(
             }),
         ));
     }
+    let reviewer: Arc<dyn http::TokenReviewer> =
+        Arc::new(access::ApiReviewer::new(client.clone(), &config.node_name));
     Ok(ModeParts {
+        reviewer: Some(reviewer),
         source: Box::new(ApiSource::new(client, namespaces.clone(), verdicts)),
         reporter: Box::new(move |cancel| Box::pin(writer.run(cancel.cancelled_owned()))),
         inventories: vec![Arc::new(pods)],
@@ -871,7 +878,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             config: Arc::new(config_json),
             docker: docker.clone(),
         };
-        let router = api::router(state, AccessPolicy { token }, config.server.request_timeout);
+        let access = AccessPolicy { token, reviewer: parts.reviewer.clone() };
+        let router = api::router(state, access, config.server.request_timeout);
         let server = config.server;
         let cancel = cancel.clone();
         tasks.spawn(

@@ -187,42 +187,116 @@ pub fn prometheus_text(body: String) -> Response {
     response
 }
 
-/// Who may call sensitive routes (logs, configuration): callers on loopback, and callers that
-/// present the configured bearer token.
+/// A sensitive route, as the access review names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Sensitive {
+    /// Container logs.
+    Logs,
+    /// The effective configuration.
+    Config,
+}
+
+impl Sensitive {
+    /// The name in a review (`nodes/logs`, `nodes/config` in group `vigil.dev`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sensitive::Logs => "logs",
+            Sensitive::Config => "config",
+        }
+    }
+}
+
+/// Why a caller was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No credentials, or credentials that are not valid (401).
+    Unauthenticated(String),
+    /// Known, but not allowed (403).
+    Forbidden(String),
+    /// The review could not be made (503); not cached.
+    Unavailable(String),
+}
+
+/// A boxed review future.
+pub type ReviewFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Refusal>> + Send + 'a>>;
+
+/// Judges a bearer token for a sensitive route (in a cluster: TokenReview and
+/// SubjectAccessReview).
+pub trait TokenReviewer: Send + Sync + std::fmt::Debug {
+    /// Whether the bearer of `token` may read `what`.
+    fn review<'a>(&'a self, token: &'a str, what: Sensitive) -> ReviewFuture<'a>;
+}
+
+/// Who may call sensitive routes (logs, configuration).
+/// - Standalone: callers on loopback, and callers that present the configured bearer token.
+/// - In a cluster (a reviewer is set): every caller presents a bearer token that the reviewer
+///   accepts, loopback included (on a node, loopback is every pod of the host network); the
+///   configured token, when there is one, is accepted too.
 #[derive(Clone, Debug, Default)]
 pub struct AccessPolicy {
     /// The token, when one is configured.
     pub token: Option<String>,
+    /// The API server's judgement, in a cluster.
+    pub reviewer: Option<std::sync::Arc<dyn TokenReviewer>>,
 }
 
 impl AccessPolicy {
-    /// Whether the request may proceed.
-    pub fn allows(&self, request: &Request) -> bool {
-        let loopback = request.extensions().get::<Peer>().is_some_and(|p| p.0.ip().is_loopback());
-        if loopback {
-            return true;
+    /// Whether a caller presenting `presented` (a bearer token), from loopback or not, may read
+    /// `what`.
+    pub async fn allows(
+        &self,
+        presented: Option<&str>,
+        loopback: bool,
+        what: Sensitive,
+    ) -> Result<(), Refusal> {
+        if let (Some(p), Some(token)) = (presented, &self.token)
+            && constant_time_eq(p.as_bytes(), token.as_bytes())
+        {
+            return Ok(());
         }
-        let Some(token) = &self.token else { return false };
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))
+        match &self.reviewer {
+            Some(reviewer) => match presented {
+                Some(p) => reviewer.review(p, what).await,
+                None => Err(Refusal::Unauthenticated(
+                    "this route needs a bearer token (Authorization: Bearer …) that the API server accepts"
+                        .to_owned(),
+                )),
+            },
+            None => {
+                if loopback {
+                    return Ok(());
+                }
+                Err(Refusal::Forbidden(if self.token.is_some() {
+                    "this route needs the configured bearer token, or a caller on loopback".to_owned()
+                } else {
+                    "this route is only served to callers on loopback (configure --api-token-file to allow others)"
+                        .to_owned()
+                }))
+            }
+        }
     }
 }
 
-/// Middleware refusing callers the policy does not allow.
-pub async fn require_access(policy: AccessPolicy, request: Request, next: Next) -> Response {
-    if policy.allows(&request) {
-        return next.run(request).await;
+/// Middleware refusing callers the policy does not allow to `what`.
+pub async fn require_access(policy: AccessPolicy, what: Sensitive, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let loopback = request.extensions().get::<Peer>().is_some_and(|p| p.0.ip().is_loopback());
+    match policy.allows(presented.as_deref(), loopback, what).await {
+        Ok(()) => next.run(request).await,
+        Err(Refusal::Unauthenticated(m)) => {
+            let mut response = error(StatusCode::UNAUTHORIZED, m);
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+        Err(Refusal::Forbidden(m)) => error(StatusCode::FORBIDDEN, m),
+        Err(Refusal::Unavailable(m)) => error(StatusCode::SERVICE_UNAVAILABLE, m),
     }
-    let message = if policy.token.is_some() {
-        "this route needs a bearer token, or a caller on loopback"
-    } else {
-        "this route is only served to callers on loopback (configure --api-token-file to allow others)"
-    };
-    error(StatusCode::FORBIDDEN, message)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
