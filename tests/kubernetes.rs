@@ -155,6 +155,7 @@ fn kubectl_scenario(kubectl: &Kubectl) {
 
 #[test]
 fn kubectl_applies_the_crds_and_examples_and_reads_them_back() {
+    let _turn = AGENTS.blocking_lock();
     let plane = ControlPlane::shared();
     let dir = tempfile::tempdir().unwrap();
     let kubectl = Kubectl::new(&plane.kubeconfig(), &dir.path().join("cache"));
@@ -290,6 +291,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_reconciles_new_objects_and_settles_after_its_own_status_writes() {
+    let _turn = AGENTS.lock().await;
     let plane = control_plane().await;
     let namespace = plane.namespace("controller").await.unwrap();
     let client = plane.client().await.unwrap();
@@ -312,6 +314,7 @@ async fn a_controller_settles_on_the_stand_in_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_judges_service_account_tokens() {
+    let _turn = AGENTS.lock().await;
     let plane = control_plane().await;
     let namespace = plane.namespace("rbac").await.unwrap();
     let admin = plane.client().await.unwrap();
@@ -382,6 +385,7 @@ where
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_writes_only_its_own_nodes_objects() {
+    let _turn = AGENTS.lock().await;
     use k8s_openapi::api::coordination::v1::Lease;
     let plane = control_plane().await;
     let namespace = plane.namespace("own").await.unwrap();
@@ -601,6 +605,7 @@ async fn each_component_is_refused_what_its_role_does_not_grant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_status_owned_by_a_pod_goes_with_the_pod() {
+    let _turn = AGENTS.lock().await;
     use k8s_openapi::api::core::v1::Pod;
     let plane = control_plane().await;
     let namespace = plane.namespace("gc").await.unwrap();
@@ -846,8 +851,9 @@ impl Drop for ControllerProcess {
     }
 }
 
-/// Tests that run agents take turns: the API server counts requests for the whole cluster, and
-/// one test's writes would be counted in another's steady state.
+/// Tests that write vigil's objects to the real API server, or run agents or controllers, take
+/// turns: the API server counts requests for the whole cluster (one test's writes would be
+/// counted in another's steady state), and a controller reconciles every namespace.
 static AGENTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The agent in Kubernetes mode against the real API server: a pod on its node (its status set
@@ -1031,7 +1037,7 @@ async fn an_agent_in_a_cluster_acts_only_when_the_controller_allows_it() {
     // Impaired for several periods, and no verdict from the controller: nothing is done.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!marker.exists(), "acted without the controller's word\n{}", agent.logs());
-    let patch = json!({"status": {"remediationAllowed": true}});
+    let patch = json!({"status": {"remediationAllowed": true, "unhealthy": 1}});
     checks.patch_status("disk", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     eventually("the action runs once allowed", Duration::from_secs(20), || async {
         marker.exists().then_some(())
@@ -1658,5 +1664,289 @@ async fn the_api_server_judges_who_reads_an_agents_sensitive_routes() {
     assert_eq!(get("/v1/host/status", None).0, 200);
     bindings.delete(&format!("{namespace}-reader"), &Default::default()).await.unwrap();
     drop(agent);
+    plane.delete_namespace(&namespace).await.unwrap();
+}
+
+/// Resident memory of a process, in MiB (from /proc).
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// Writes by vigil to the API server in `counts`: InstanceStatus objects and status, HealthCheck
+/// status, Events (Leases are counted apart).
+fn vigil_writes(counts: &support::k8s::RequestCounts) -> u64 {
+    let mut n = 0;
+    for ((verb, resource), count) in counts.all() {
+        let write = matches!(verb.as_str(), "create" | "patch" | "update" | "delete");
+        let ours = resource.starts_with("instancestatuses")
+            || resource.starts_with("healthchecks")
+            || resource == "events";
+        if write && ours {
+            n += count;
+        }
+    }
+    n
+}
+
+/// The fleet end to end on the real control plane: the real controller and three agents on kwok
+/// Nodes n1–n3, each with 100 pods probed at their IPs, all with the tokens of their own
+/// ServiceAccounts. `kubectl get` shows the tables, `kubectl describe` the Events. Healthy for
+/// 60 s, the fleet writes only Leases; 100 pods failing at once cost one status write each, and
+/// being a third of the fleet (above `maxUnhealthy` 10 %) nobody acts; an invalid HealthCheck
+/// says which field; a killed agent's node turns unreachable and back. Prints the API writes and
+/// the processes' memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_three_nodes_end_to_end() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use support::agent::Agent;
+    use support::servers::HttpTarget;
+
+    const PODS: usize = 100;
+    let _turn = AGENTS.lock().await;
+    let plane = control_plane().await;
+    let namespace = plane.namespace("fleet").await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    install_access(plane, &namespace).await;
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let names: Vec<String> = (1..=3).map(|i| format!("{namespace}-n{i}")).collect();
+    for name in &names {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
+                         "labels": {"vigil.test/fleet": namespace, "topology.kubernetes.io/zone": "a"}},
+        }))
+        .unwrap();
+        nodes_api.create(&PostParams::default(), &node).await.unwrap();
+    }
+    let targets = [HttpTarget::start().await, HttpTarget::start().await, HttpTarget::start().await];
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    for (n, name) in names.iter().enumerate() {
+        let port: u16 = targets[n].address().rsplit(':').next().unwrap().parse().unwrap();
+        let creations = (0..PODS).map(|j| {
+            let pods = pods.clone();
+            let (name, pod) = (name.clone(), format!("web-{}-{j}", n + 1));
+            async move { running_pod(&pods, &pod, &name, port).await }
+        });
+        futures_util::future::join_all(creations).await;
+    }
+    eventually("kwok makes the three Nodes Ready", Duration::from_secs(60), || async {
+        let ready = nodes_api
+            .list(&kube::api::ListParams::default().labels(&format!("vigil.test/fleet={namespace}")))
+            .await
+            .ok()?
+            .items
+            .iter()
+            .filter(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        (ready == 3).then_some(())
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let acted = dir.path().join("acted");
+    std::fs::create_dir_all(&acted).unwrap();
+    let checks: Api<HealthCheck> = Api::namespaced(client.clone(), &namespace);
+    let web: HealthCheck = serde_json::from_value(json!({
+        "apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck",
+        "metadata": {"name": "web"},
+        "spec": {"target": {"pods": {"selector": {"matchLabels": {"app": "web"}}}},
+                 "nodeSelector": {"matchLabels": {"topology.kubernetes.io/zone": "a"}},
+                 "probe": {"http": {"path": "/health", "port": "http"}, "periodSeconds": 1, "failureThreshold": 2},
+                 "action": {"type": "exec", "maxUnhealthy": "10%",
+                            "exec": {"command": ["sh", "-c", format!("touch {}/$VIGIL_INSTANCE_NAME", acted.display())]}}},
+    }))
+    .unwrap();
+    checks.create(&PostParams::default(), &web).await.unwrap();
+    // Selects no node (its nodeSelector matches none): no InstanceStatus anywhere.
+    let elsewhere: HealthCheck = serde_json::from_value(json!({
+        "apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck",
+        "metadata": {"name": "elsewhere"},
+        "spec": {"target": {"pods": {"selector": {"matchLabels": {"app": "web"}}}},
+                 "nodeSelector": {"matchLabels": {"topology.kubernetes.io/zone": "b"}},
+                 "probe": {"tcp": {"port": "http"}}},
+    }))
+    .unwrap();
+    checks.create(&PostParams::default(), &elsewhere).await.unwrap();
+    let invalid: HealthCheck = serde_json::from_value(json!({
+        "apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck",
+        "metadata": {"name": "wrong"},
+        "spec": {"target": {"host": {}}, "probe": {"http": {"port": 70000}}},
+    }))
+    .unwrap();
+    if let Err(e) = checks.create(&PostParams::default(), &invalid).await {
+        // The schema may refuse it outright; then it never reaches the controller.
+        panic!("the API server refused the invalid HealthCheck itself: {e}");
+    }
+
+    let (controller, controller_port) =
+        start_controller(plane, &namespace, dir.path(), &["--node-grace", "20s"]).await;
+    let mut agents = Vec::new();
+    for name in &names {
+        let kubeconfig =
+            support::k8s::agent_kubeconfig(plane, &namespace, name, &plane.kubeconfig(), dir.path()).await;
+        let args = [
+            "--agent-namespace",
+            namespace.as_str(),
+            "--namespace",
+            namespace.as_str(),
+            "--lease-renew",
+            "2s",
+        ];
+        let agent_dir = dir.path().join(name);
+        agents.push(tokio::task::block_in_place(|| {
+            Agent::start_in_cluster(&agent_dir, &kubeconfig, name, &args)
+        }));
+    }
+    let status_of = |name: &'static str| {
+        let checks = checks.clone();
+        async move { checks.get(name).await.ok()?.status }
+    };
+    let all = PODS as u32 * 3;
+    eventually("the controller counts 300 healthy pods", Duration::from_secs(90), || async {
+        let s = status_of("web").await?;
+        (s.targets == all && s.healthy == all).then_some(())
+    })
+    .await;
+    let wrong = eventually("the invalid HealthCheck says why", Duration::from_secs(30), || async {
+        let s = status_of("wrong").await?;
+        s.conditions.into_iter().find(|c| c.type_ == "Invalid" && c.status == "True")
+    })
+    .await;
+    assert!(wrong.message.contains("spec.probe.http.port"), "{}", wrong.message);
+    let web_status = status_of("web").await.unwrap();
+    assert_eq!(web_status.remediation_allowed, Some(true));
+    assert_eq!(status_of("elsewhere").await.map(|s| s.targets), Some(0), "no node takes part");
+
+    // What a user sees.
+    let cache = dir.path().join("kubectl");
+    let kubectl = Kubectl::new(&plane.kubeconfig(), &cache);
+    let table = tokio::task::block_in_place(|| kubectl.ok(&["get", "ist", "-A", "-l", "vigil.dev/kind=Pod"]));
+    let mut lines = table.lines();
+    assert_eq!(
+        words(lines.next().unwrap()),
+        ["NAMESPACE", "NAME", "NODE", "KIND", "STATE", "SYSTEM", "INSTANCE", "VOLUMES", "AGE"],
+        "{table}"
+    );
+    let ours: Vec<Vec<&str>> = lines.map(words).filter(|w| w[0] == namespace).collect();
+    assert_eq!(ours.len(), 3 * PODS, "{table}");
+    let row = ours.iter().find(|w| w[1] == "pod-web-1-0").unwrap();
+    assert_eq!(&row[2..8], [names[0].as_str(), "Pod", "running", "ok", "ok", "not-applicable"], "{table}");
+    let checks_table = tokio::task::block_in_place(|| kubectl.ok(&["get", "vhc", "-n", &namespace, "web"]));
+    let line = checks_table.lines().nth(1).unwrap();
+    assert_eq!(&words(line)[..6], ["web", "pods", "http", "300", "300", "0"], "{checks_table}");
+
+    // Healthy for a minute: nothing but Leases written.
+    let memory = |agents: &[Agent]| -> Vec<f64> { agents.iter().map(|a| rss_mib(a.pid())).collect() };
+    let before = plane.request_counts().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let steady = plane.request_counts().await.unwrap().since(&before);
+    let lease_writes = steady.get("patch", "leases") + steady.get("update", "leases");
+    eprintln!(
+        "measured: steady state 3 agents x {PODS} pods, 60 s: {} vigil writes, {lease_writes} Lease writes \
+         (vigil's and kwok's node leases: {:.2}/s); agents RSS {:?} MiB, controller RSS {:.1} MiB with {} InstanceStatus",
+        vigil_writes(&steady),
+        lease_writes as f64 / 60.0,
+        memory(&agents).iter().map(|m| format!("{m:.1}")).collect::<Vec<_>>(),
+        rss_mib(controller.id()),
+        3 * PODS + 3,
+    );
+    assert_eq!(vigil_writes(&steady), 0, "{:?}", steady.all());
+    assert!(lease_writes >= 3 * 4, "the agents renew their Leases: {:?}", steady.all());
+
+    // A hundred pods fail at once: a third of the fleet, above maxUnhealthy.
+    let before = plane.request_counts().await.unwrap();
+    let started = std::time::Instant::now();
+    targets[0].set_status(503);
+    eventually("the controller counts 100 unhealthy", Duration::from_secs(60), || async {
+        let s = status_of("web").await?;
+        (s.unhealthy == PODS as u32 && s.remediation_allowed == Some(false)).then_some(())
+    })
+    .await;
+    let settled = started.elapsed();
+    // Let the stragglers land, then count.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let burst = plane.request_counts().await.unwrap().since(&before);
+    let status_writes = burst.get("patch", "instancestatuses/status");
+    eprintln!(
+        "measured: burst of {PODS} failures: {status_writes} InstanceStatus writes, {} Event writes, {} HealthCheck \
+         status writes, {} vigil writes in all over {:.1} s to settle",
+        burst.get("create", "events") + burst.get("patch", "events"),
+        burst.get("patch", "healthchecks/status"),
+        vigil_writes(&burst),
+        settled.as_secs_f64(),
+    );
+    assert!(
+        (PODS as u64..=2 * PODS as u64).contains(&status_writes),
+        "one status write per failing pod (coalesced): {:?}",
+        burst.all()
+    );
+    let degraded = status_of("web").await.unwrap();
+    assert!(degraded.conditions.iter().any(|c| c.type_ == "Degraded" && c.status == "True"), "{degraded:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let taken: Vec<_> = std::fs::read_dir(&acted).unwrap().collect();
+    assert!(taken.is_empty(), "a mass failure is not 100 workload problems: acted on {}", taken.len());
+    let described =
+        tokio::task::block_in_place(|| kubectl.ok(&["describe", "ist", "-n", &namespace, "pod-web-1-0"]));
+    assert!(described.contains("CheckImpaired"), "{described}");
+    targets[0].set_status(200);
+    eventually("all healthy again", Duration::from_secs(60), || async {
+        let s = status_of("web").await?;
+        (s.healthy == all).then_some(())
+    })
+    .await;
+
+    // An agent killed: its node's instances are unreachable after the grace, and back after.
+    let statuses: Api<InstanceStatus> = Api::namespaced(client.clone(), &namespace);
+    let reachability = |name: String| {
+        let statuses = statuses.clone();
+        async move {
+            let doc = statuses.get(&name).await.ok()?;
+            let system = doc.status?.system_status;
+            Some(
+                system
+                    .details
+                    .iter()
+                    .any(|d| d.name == "reachability" && d.status == vigil::api::CheckStatus::Impaired),
+            )
+        }
+    };
+    agents[2].kill9();
+    let host3 = format!("host-{}", names[2]);
+    eventually("n3's instances are unreachable", Duration::from_secs(60), || async {
+        (reachability(host3.clone()).await? && reachability("pod-web-3-7".into()).await?).then_some(())
+    })
+    .await;
+    tokio::task::block_in_place(|| agents[2].restart());
+    eventually("n3 is reachable again", Duration::from_secs(60), || async {
+        (!reachability(host3.clone()).await? && !reachability("pod-web-3-7".into()).await?).then_some(())
+    })
+    .await;
+    let metrics = tokio::task::block_in_place(|| {
+        support::agent::request(
+            format!("127.0.0.1:{controller_port}").parse().unwrap(),
+            "GET",
+            "/metrics",
+            &[],
+        )
+    })
+    .unwrap()
+    .1;
+    assert!(metrics.contains("vigil_controller_leader 1"), "{metrics}");
+    drop(agents);
+    drop(controller);
+    for name in &names {
+        nodes_api.delete(name, &Default::default()).await.unwrap();
+    }
     plane.delete_namespace(&namespace).await.unwrap();
 }

@@ -13,6 +13,7 @@
 //! - A refusal (429: a disruption budget allows no disruption now) is recorded and retried with
 //!   the check's backoff; it does not use up the budget, as nothing was disrupted.
 //! - A pod once evicted is not evicted again (its uid is remembered): it is terminating.
+//! - Never on the word of a node whose agent is silent: its InstanceStatus are stale.
 //!
 //! The history lives in the leader's memory: a new leader starts with fresh budgets, which the
 //! fleet-wide pace and the disruption budgets still bound.
@@ -44,6 +45,8 @@ pub struct Candidate {
     pub status_name: String,
     /// Its InstanceStatus's uid.
     pub status_uid: Option<String>,
+    /// The node whose agent reported it.
+    pub node: String,
     /// Why, from the probe.
     pub reason: String,
 }
@@ -95,6 +98,7 @@ pub fn candidates<'a>(
                 uid: owner.map(|o| o.uid.clone()),
                 status_name: status_name.clone(),
                 status_uid: doc.metadata.uid.clone(),
+                node: instance.node.clone(),
                 reason,
             });
         }
@@ -334,6 +338,7 @@ mod tests {
             uid: Some(format!("uid-{pod}")),
             status_name: format!("pod-{pod}"),
             status_uid: None,
+            node: "n1".into(),
             reason: "status: HTTP 503".into(),
         }
     }

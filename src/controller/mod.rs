@@ -302,6 +302,7 @@ pub async fn run(
     let mut reconciler = Reconciler {
         client,
         evicting,
+        silent: None,
         evictions: evict::Evictions::new(Duration::from_secs_f64(config.eviction_interval_seconds)),
         recorder: recorder.clone(),
         catalog: Catalog::default(),
@@ -395,6 +396,9 @@ struct Reconciler {
     evicting: Client,
     /// `evictPod` across the fleet.
     evictions: evict::Evictions,
+    /// Nodes whose agent is silent (their InstanceStatus are stale: nobody is evicted on their
+    /// word); `None` until the agents' Leases are listed.
+    silent: Option<std::collections::HashSet<String>>,
     recorder: Recorder,
     catalog: Catalog,
     /// The status written per HealthCheck until the watch brings it back, so that a round in
@@ -426,7 +430,10 @@ impl Reconciler {
         let defs: HashMap<CheckKey, &crate::model::CheckDef> =
             infos.iter().filter_map(|i| i.def.as_deref()).map(|d| (d.key.clone(), d)).collect();
         self.evictions.retain(&infos.iter().map(|i| i.key.clone()).collect());
-        let candidates = evict::candidates(defs.values().copied(), allowed, statuses);
+        // Only on current word: not before the agents' Leases are known, never a silent node's.
+        let Some(silent) = &self.silent else { return };
+        let mut candidates = evict::candidates(defs.values().copied(), allowed, statuses);
+        candidates.retain(|c| !silent.contains(&c.node));
         let now = jiff::Timestamp::now();
         let Some(chosen) = self.evictions.due(candidates, &defs, now) else { return };
         tracing::debug!(check = %chosen.check, pod = chosen.pod, "evicting");
@@ -478,6 +485,7 @@ impl Reconciler {
         recorder: &Recorder,
     ) {
         let silent = nodes::silent_nodes(leases.values(), grace, jiff::Timestamp::now());
+        self.silent = Some(silent.keys().cloned().collect());
         if silent.is_empty() {
             return;
         }

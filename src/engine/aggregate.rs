@@ -69,8 +69,20 @@ impl RemediationGate for LocalCounts {
     }
 }
 
+/// What the controller last wrote of one HealthCheck.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// `status.remediationAllowed` (`None`: not written yet).
+    pub allowed: Option<bool>,
+    /// `status.unhealthy`: the impaired targets the controller has counted across the fleet.
+    pub unhealthy: u32,
+}
+
 /// The gate in a cluster: the controller writes `status.remediationAllowed` of each HealthCheck
-/// from the whole fleet's counts, and the agent acts only while that says yes. What was read last
+/// from the whole fleet's counts, and the agent acts only while that says yes — and only once
+/// the controller has counted at least as many impaired targets as this agent sees of the check,
+/// so that a failure of many targets at once is judged as a whole, not one by one as each
+/// crosses its threshold (the first ones would otherwise be acted on under an old "yes"). What was read last
 /// holds through an API outage for `staleness`; a check whose verdict was never read, or was read
 /// too long ago, does not act. The agent's own counts still block a local mass failure.
 #[derive(Debug)]
@@ -82,8 +94,8 @@ pub struct ControllerVerdicts {
 
 #[derive(Debug, Default)]
 struct Verdicts {
-    /// Per check: `status.remediationAllowed` as last read (`None`: not written yet).
-    allowed: std::collections::HashMap<CheckKey, Option<bool>>,
+    /// Per check: what the controller wrote, as last read.
+    allowed: std::collections::HashMap<CheckKey, Verdict>,
     /// When the source last had a complete, current view.
     fresh_at: Option<Timestamp>,
 }
@@ -95,7 +107,7 @@ impl ControllerVerdicts {
     }
 
     /// Everything the HealthCheck source holds now, read from the API server just now.
-    pub fn replace(&self, allowed: impl IntoIterator<Item = (CheckKey, Option<bool>)>) {
+    pub fn replace(&self, allowed: impl IntoIterator<Item = (CheckKey, Verdict)>) {
         let now = self.clock.now();
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         state.allowed = allowed.into_iter().collect();
@@ -108,7 +120,7 @@ impl ControllerVerdicts {
         self.state.write().unwrap_or_else(|p| p.into_inner()).fresh_at = Some(now);
     }
 
-    fn verdict(&self, check: &CheckKey) -> Result<(), String> {
+    fn verdict(&self, check: &CheckKey, local_unhealthy: u32) -> Result<(), String> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let Some(fresh_at) = state.fresh_at else {
             return Err("the HealthChecks have not been read from the API server yet: not acting".to_owned());
@@ -122,12 +134,15 @@ impl ControllerVerdicts {
             ));
         }
         match state.allowed.get(check) {
-            Some(Some(true)) => Ok(()),
-            Some(Some(false)) => Err(
+            Some(Verdict { allowed: Some(true), unhealthy }) if *unhealthy >= local_unhealthy => Ok(()),
+            Some(Verdict { allowed: Some(true), unhealthy }) => Err(format!(
+                "the controller has counted {unhealthy} impaired targets, this node sees {local_unhealthy}: waiting for it to judge them all (maxUnhealthy)"
+            )),
+            Some(Verdict { allowed: Some(false), .. }) => Err(
                 "status.remediationAllowed is false: too many targets are impaired across the fleet (maxUnhealthy)"
                     .to_owned(),
             ),
-            Some(None) => {
+            Some(Verdict { allowed: None, .. }) => {
                 Err("the controller has not written status.remediationAllowed yet: not acting".to_owned())
             }
             None => Err("the HealthCheck is not known to the API server: not acting".to_owned()),
@@ -146,7 +161,7 @@ impl RemediationGate for ControllerVerdicts {
         if let Some(local) = remediation::mass_failure(limit, unhealthy, total) {
             return Some(local);
         }
-        self.verdict(check).err().map(|why| Decision::Withheld { why })
+        self.verdict(check, unhealthy).err().map(|why| Decision::Withheld { why })
     }
 }
 
@@ -324,8 +339,18 @@ mod tests {
             withheld(gate.blocked(&web, None, 1, 10)).contains("not been read"),
             "never synced: no action"
         );
-        gate.replace([(web.clone(), Some(true)), (db.clone(), Some(false)), (new.clone(), None)]);
+        let said = |allowed, unhealthy| Verdict { allowed, unhealthy };
+        gate.replace([
+            (web.clone(), said(Some(true), 1)),
+            (db.clone(), said(Some(false), 9)),
+            (new.clone(), said(None, 0)),
+        ]);
         assert_eq!(gate.blocked(&web, None, 1, 10), None);
+        // Three impaired here, one counted by the controller: wait for its judgement of all.
+        assert!(
+            withheld(gate.blocked(&web, None, 3, 10))
+                .contains("counted 1 impaired targets, this node sees 3")
+        );
         assert!(withheld(gate.blocked(&db, None, 1, 10)).contains("remediationAllowed is false"));
         assert!(withheld(gate.blocked(&new, None, 1, 10)).contains("not written"));
         assert!(withheld(gate.blocked(&CheckKey::new("ns", "gone"), None, 1, 10)).contains("not known"));

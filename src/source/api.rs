@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::{CheckSource, Loaded, Snapshot, Update};
 use crate::api::HealthCheck;
 use crate::cluster::{Objects, watch_message};
-use crate::engine::aggregate::ControllerVerdicts;
+use crate::engine::aggregate::{ControllerVerdicts, Verdict};
 use crate::model::CheckKey;
 
 /// Changes that come within this much of each other are sent as one snapshot.
@@ -117,8 +117,12 @@ impl CheckSource for ApiSource {
                 {}
                 let snapshot = snapshot(&watches);
                 verdicts.replace(snapshot.objects.iter().map(|o| {
-                    let allowed = o.object.status.as_ref().and_then(|s| s.remediation_allowed);
-                    (o.key(), allowed)
+                    let status = o.object.status.as_ref();
+                    let verdict = Verdict {
+                        allowed: status.and_then(|s| s.remediation_allowed),
+                        unhealthy: status.map_or(0, |s| s.unhealthy),
+                    };
+                    (o.key(), verdict)
                 }));
                 if tx.send(Update::Snapshot(snapshot)).await.is_err() {
                     return;

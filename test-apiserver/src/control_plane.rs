@@ -183,9 +183,19 @@ impl ControlPlane {
     }
 
     /// Deletes a namespace made by [`ControlPlane::namespace`] (what it holds goes with it,
-    /// through the namespace controller; this does not wait for that).
+    /// through the namespace controller; this does not wait for that). Its pods are deleted at
+    /// once first: without a kubelet a graceful deletion never completes, and the namespace
+    /// would stay Terminating with them.
     pub async fn delete_namespace(&self, name: &str) -> Result<(), Error> {
-        let namespaces: Api<Namespace> = Api::all(self.client().await?);
+        let client = self.client().await?;
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), name);
+        let now = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() };
+        match pods.delete_collection(&now, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let namespaces: Api<Namespace> = Api::all(client);
         match namespaces.delete(name, &DeleteParams::default()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
