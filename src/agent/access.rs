@@ -135,3 +135,85 @@ impl TokenReviewer for ApiReviewer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    type Mock =
+        tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
+
+    fn reply(body: Value) -> http::Response<kube::client::Body> {
+        http::Response::builder()
+            .status(201)
+            .header("content-type", "application/json")
+            .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap_or_default()))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The next request: its path and JSON body.
+    async fn next(
+        handle: &mut Mock,
+    ) -> (String, Value, tower_test::mock::SendResponse<http::Response<kube::client::Body>>) {
+        let Some((request, send)) = handle.next_request().await else { panic!("no request") };
+        assert_eq!(request.method(), http::Method::POST);
+        let path = request.uri().to_string();
+        let body = request.into_body().collect_bytes().await.unwrap_or_default();
+        (path, serde_json::from_slice(&body).unwrap_or_default(), send)
+    }
+
+    /// The exact calls: a TokenReview of the token, then a SubjectAccessReview of that user for
+    /// `get` `vigil.dev` `nodes/config` named after the node; the answer is then cached (no
+    /// request at all the second time), per route.
+    #[tokio::test]
+    async fn a_caller_is_reviewed_once_then_remembered() {
+        let (service, mut handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let reviewer = ApiReviewer::new(kube::Client::new(service, "default"), "node-1");
+        let server = tokio::spawn(async move {
+            let (path, sent, send) = next(&mut handle).await;
+            assert_eq!(path, "/apis/authentication.k8s.io/v1/tokenreviews?");
+            assert_eq!(sent["spec"]["token"], "secret", "{sent}");
+            send.send_response(reply(json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": "secret"},
+                "status": {"authenticated": true, "user": {"username": "alice", "uid": "u-1", "groups": ["ops"],
+                           "extra": {"scopes": ["a"]}}}})));
+            let (path, sent, send) = next(&mut handle).await;
+            assert_eq!(path, "/apis/authorization.k8s.io/v1/subjectaccessreviews?");
+            assert_eq!(
+                sent["spec"],
+                json!({"user": "alice", "uid": "u-1", "groups": ["ops"], "extra": {"scopes": ["a"]},
+                       "resourceAttributes": {"group": "vigil.dev", "resource": "nodes", "subresource": "config",
+                                              "name": "node-1", "verb": "get"}}),
+            );
+            send.send_response(reply(json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": sent["spec"],
+                "status": {"allowed": true}})));
+            // The logs route is its own question: refused, with the authorizer's reason.
+            let (_, _, send) = next(&mut handle).await;
+            send.send_response(reply(json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": "secret"},
+                "status": {"authenticated": true, "user": {"username": "alice"}}})));
+            let (_, sent, send) = next(&mut handle).await;
+            assert_eq!(sent["spec"]["resourceAttributes"]["subresource"], "logs");
+            send.send_response(reply(json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": sent["spec"],
+                "status": {"allowed": false, "reason": "no RBAC policy matched"}})));
+            // Nothing more: the answers are remembered.
+            assert!(tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err());
+        });
+        assert_eq!(reviewer.review("secret", Sensitive::Config).await, Ok(()));
+        let refused = reviewer.review("secret", Sensitive::Logs).await;
+        assert_eq!(
+            refused,
+            Err(Refusal::Forbidden(
+                "alice may not get nodes/logs of node-1 in group vigil.dev: no RBAC policy matched"
+                    .to_owned()
+            ))
+        );
+        assert_eq!(reviewer.review("secret", Sensitive::Config).await, Ok(()));
+        assert_eq!(reviewer.review("secret", Sensitive::Logs).await, refused);
+        server.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}

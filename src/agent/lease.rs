@@ -82,3 +82,76 @@ pub async fn keep(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact call: a server-side apply of the node's Lease under the agent's field manager,
+    /// forced, with the node as holder and label; a refusal is reported as a health problem and
+    /// the next renewal that works notifies `back`.
+    #[tokio::test]
+    async fn a_renewal_is_one_forced_apply_of_the_nodes_lease() {
+        let (service, mut handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let client = kube::Client::new(service, "default");
+        let (health, back, cancel) = (Health::new(), Arc::new(Notify::new()), CancellationToken::new());
+        let config = LeaseConfig { renew: Duration::from_millis(50), duration: Duration::from_secs(40) };
+        let task = tokio::spawn(keep(
+            client,
+            "vigil".into(),
+            "node-1".into(),
+            config,
+            health.clone(),
+            back.clone(),
+            cancel.clone(),
+        ));
+        for (n, code) in [(0, 500), (1, 200)] {
+            let Some((request, send)) = handle.next_request().await else { panic!("no request") };
+            assert_eq!(request.method(), http::Method::PATCH);
+            assert_eq!(
+                request.uri().to_string(),
+                "/apis/coordination.k8s.io/v1/namespaces/vigil/leases/vigil-agent-node-1?&force=true&fieldManager=vigil-agent"
+            );
+            assert_eq!(
+                request.headers().get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()),
+                Some(&b"application/apply-patch+yaml"[..])
+            );
+            let body = request.into_body().collect_bytes().await.unwrap_or_default();
+            let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            assert_eq!(sent["metadata"]["labels"]["vigil.dev/node"], "node-1", "{sent}");
+            assert_eq!(sent["spec"]["holderIdentity"], "node-1", "{sent}");
+            assert_eq!(sent["spec"]["leaseDurationSeconds"], 40, "{sent}");
+            assert!(sent["spec"]["renewTime"].as_str().is_some_and(|t| t.ends_with('Z')), "{sent}");
+            let reply = if code == 200 {
+                serde_json::to_vec(&sent)
+            } else {
+                serde_json::to_vec(
+                    &serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                       "message": "etcd is down", "code": 500}),
+                )
+            };
+            send.send_response(
+                http::Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(reply.unwrap_or_default()))
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+            if n == 0 {
+                // kube's client retries neither 500 nor apply conflicts: one request, one problem.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let problems = health.snapshot().reasons;
+                assert!(
+                    problems.iter().any(|p| p.contains("cannot renew the Lease vigil/vigil-agent-node-1")),
+                    "{problems:?}"
+                );
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(5), back.notified())
+            .await
+            .unwrap_or_else(|_| panic!("not notified"));
+        cancel.cancel();
+        task.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}

@@ -22,9 +22,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, EvictParams, Preconditions};
-use kube::{Api, Client};
+use k8s_openapi::api::policy::v1::Eviction;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Preconditions};
+use kube::Client;
+use kube::core::Status;
 
 use crate::api::{CheckStatus, InstanceKind, InstanceState, InstanceStatus};
 use crate::engine::remediation::{self, ActionRecord, Decision};
@@ -275,19 +276,42 @@ fn decide(
 
 /// Asks the API server to evict `candidate` (only the incarnation of its uid); the outcome and
 /// what the server said.
+///
+/// The Eviction is posted as the API defines it (`policy/v1`, `deleteOptions` in camelCase):
+/// kube's own `Api::evict` (kube-core 5.0) sends `delete_options`, which the API server ignores
+/// as an unknown field, so its preconditions would silently not apply.
 pub async fn evict(client: &Client, candidate: &Candidate) -> (Outcome, String) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &candidate.namespace);
-    let params = EvictParams {
-        delete_options: Some(DeleteParams {
+    let eviction = Eviction {
+        metadata: ObjectMeta {
+            name: Some(candidate.pod.clone()),
+            namespace: Some(candidate.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        delete_options: Some(DeleteOptions {
             preconditions: candidate
                 .uid
                 .clone()
                 .map(|uid| Preconditions { uid: Some(uid), resource_version: None }),
-            ..DeleteParams::default()
+            ..DeleteOptions::default()
         }),
-        ..EvictParams::default()
     };
-    match pods.evict(&candidate.pod, &params).await {
+    let url = format!("/api/v1/namespaces/{}/pods/{}/eviction", candidate.namespace, candidate.pod);
+    let sent = serde_json::to_vec(&eviction).map_err(|e| e.to_string()).and_then(|body| {
+        http::Request::post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .map_err(|e| e.to_string())
+    });
+    let result = match sent {
+        Ok(request) => client.request::<Status>(request).await,
+        Err(e) => {
+            return (
+                Outcome::Failed,
+                format!("cannot build the eviction of {}/{}: {e}", candidate.namespace, candidate.pod),
+            );
+        }
+    };
+    match result {
         Ok(_) => (
             Outcome::Evicted,
             format!("evicted pod {}/{}: {}", candidate.namespace, candidate.pod, candidate.reason),
@@ -340,6 +364,67 @@ mod tests {
             status_uid: None,
             node: "n1".into(),
             reason: "status: HTTP 503".into(),
+        }
+    }
+
+    type Mock =
+        tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
+
+    /// A client whose every request goes to the returned handle.
+    fn mock_client() -> (kube::Client, Mock) {
+        let (service, handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        (kube::Client::new(service, "default"), handle)
+    }
+
+    fn reply(status: u16, body: serde_json::Value) -> http::Response<kube::client::Body> {
+        http::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap_or_default()))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The exact call: one POST of an Eviction for the pod, with the pod's uid as a
+    /// precondition (a pod of the same name made since is not evicted); the server's 429 is a
+    /// refusal with its message, its 201 an eviction.
+    #[tokio::test]
+    async fn an_eviction_is_one_post_naming_the_pods_uid() {
+        for (code, expected) in [(429, Outcome::Refused), (201, Outcome::Evicted), (404, Outcome::Failed)] {
+            let (client, mut handle) = mock_client();
+            let server = tokio::spawn(async move {
+                let Some((request, send)) = handle.next_request().await else { panic!("no request") };
+                assert_eq!(request.method(), http::Method::POST);
+                assert_eq!(request.uri().to_string(), "/api/v1/namespaces/shop/pods/web-1/eviction");
+                let body = request.into_body().collect_bytes().await.unwrap_or_default();
+                let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                assert_eq!(
+                    (&sent["apiVersion"], &sent["kind"]),
+                    (&"policy/v1".into(), &"Eviction".into()),
+                    "{sent}"
+                );
+                assert_eq!(sent["metadata"]["name"], "web-1", "{sent}");
+                assert_eq!(sent["deleteOptions"]["preconditions"]["uid"], "uid-web-1", "{sent}");
+                let message = "Cannot evict pod as it would violate the pod's disruption budget.";
+                send.send_response(reply(
+                    code,
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": if code < 300 { "Success" } else { "Failure" },
+                                       "message": message, "code": code}),
+                ));
+                // Nothing more: no retry by the client itself.
+                assert!(
+                    tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err()
+                );
+            });
+            let (outcome, message) = evict(&client, &candidate("web-1")).await;
+            assert_eq!(outcome, expected, "{code}: {message}");
+            if code == 429 {
+                assert!(
+                    message.contains("refused for now") && message.contains("disruption budget"),
+                    "{message}"
+                );
+            }
+            server.await.unwrap_or_else(|e| panic!("{e}"));
         }
     }
 

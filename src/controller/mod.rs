@@ -327,14 +327,18 @@ pub async fn run(
                     false
                 }
                 _ = look_at_nodes.tick() => {
+                    let mut silence_changed = false;
                     if leases.synced() && statuses.synced() && *leading.borrow() {
+                        let before = reconciler.silent.clone();
                         reconciler.mark_silent_nodes(leases.current(), statuses.current(), grace, &recorder).await;
+                        // Which nodes may be acted on changed: evictions are decided again.
+                        silence_changed = reconciler.silent != before;
                         if node_objects.synced() {
                             let nodes = node_objects.current().values().filter_map(|n| n.metadata.name.clone()).collect();
                             reconciler.collect(statuses.current(), &nodes, leases.current(), gc_after).await;
                         }
                     }
-                    false
+                    silence_changed
                 }
                 r = leading.changed() => {
                     if r.is_err() {
