@@ -387,11 +387,7 @@ where
 async fn an_agent_writes_only_its_own_nodes_objects() {
     let _turn = AGENTS.lock().await;
     use k8s_openapi::api::coordination::v1::Lease;
-    let plane = control_plane().await;
-    let namespace = plane.namespace("own").await.unwrap();
-    let admin = plane.client().await.unwrap();
-    install_crds(&admin).await;
-    install_access(plane, &namespace).await;
+    let (plane, namespace, _admin) = with_access("own").await;
     let dir = tempfile::tempdir().unwrap();
     let mut agents = Vec::new();
     for n in ["n1", "n2", "n3"] {
@@ -536,11 +532,7 @@ async fn each_component_is_refused_what_its_role_does_not_grant() {
     use k8s_openapi::api::authorization::v1::{
         ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
     };
-    let plane = control_plane().await;
-    let namespace = plane.namespace("least").await.unwrap();
-    let admin = plane.client().await.unwrap();
-    install_crds(&admin).await;
-    install_access(plane, &namespace).await;
+    let (plane, namespace, _admin) = with_access("least").await;
     let allowed = |client: kube::Client, group: &str, resource: &str, verb: &str, ns: Option<&str>| {
         let attributes = ResourceAttributes {
             group: Some(group.to_owned()),
@@ -790,6 +782,42 @@ async fn an_api_server_outage_refuses_connections_and_loses_nothing() {
     plane.delete_namespace(&namespace).await.unwrap();
 }
 
+/// The control plane, a new namespace `prefix-…`, an admin client, the CRDs, and vigil's access
+/// rules for an install in that namespace.
+async fn with_access(prefix: &str) -> (&'static ControlPlane, String, kube::Client) {
+    let plane = control_plane().await;
+    let namespace = plane.namespace(prefix).await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    install_access(plane, &namespace).await;
+    (plane, namespace, client)
+}
+
+/// The `/metrics` text of a process on loopback `port` (empty when it does not answer).
+fn metrics_of(port: u16) -> String {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    tokio::task::block_in_place(|| support::agent::request(addr, "GET", "/metrics", &[]))
+        .map(|(_, text)| text)
+        .unwrap_or_default()
+}
+
+/// A real `vigil agent` for `node`, with the token of ServiceAccount `vigil-agent` bound to a
+/// Pod on that node, against the server of `base`; HealthChecks and Lease in `namespace`, its
+/// files under `dir`.
+async fn start_agent(
+    plane: &'static ControlPlane,
+    namespace: &str,
+    node: &str,
+    base: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> support::agent::Agent {
+    let kubeconfig = support::k8s::agent_kubeconfig(plane, namespace, node, base, dir).await;
+    let mut args = vec!["--agent-namespace", namespace, "--namespace", namespace];
+    args.extend_from_slice(extra);
+    tokio::task::block_in_place(|| support::agent::Agent::start_in_cluster(dir, &kubeconfig, node, &args))
+}
+
 /// vigil's RBAC and admission policy (`manifests/`) for an install in `namespace`: the tests'
 /// agents and controllers run with the tokens of its ServiceAccounts only.
 async fn install_access(plane: &'static ControlPlane, namespace: &str) {
@@ -864,15 +892,10 @@ static AGENTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::Pod;
-    use support::agent::Agent;
     use support::servers::HttpTarget;
 
     let _turn = AGENTS.lock().await;
-    let plane = control_plane().await;
-    let namespace = plane.namespace("agent").await.unwrap();
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
-    install_access(plane, &namespace).await;
+    let (plane, namespace, client) = with_access("agent").await;
     // A node name of this test's own: the agent watches pods and lists InstanceStatus by node.
     let node = format!("{namespace}-n1");
     let target = HttpTarget::start().await;
@@ -901,12 +924,9 @@ async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
     checks.create(&PostParams::default(), &check).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig =
-        support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
-    let agent_args =
-        ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str(), "--lease-renew", "2s"];
     let agent =
-        tokio::task::block_in_place(|| Agent::start_in_cluster(dir.path(), &kubeconfig, &node, &agent_args));
+        start_agent(plane, &namespace, &node, &plane.kubeconfig(), dir.path(), &["--lease-renew", "2s"])
+            .await;
 
     let statuses: Api<InstanceStatus> = Api::namespaced(client.clone(), &namespace);
     let check_status = |doc: &InstanceStatus| {
@@ -999,14 +1019,8 @@ async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
 /// controller would), and then acted on, with an Event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_in_a_cluster_acts_only_when_the_controller_allows_it() {
-    use support::agent::Agent;
-
     let _turn = AGENTS.lock().await;
-    let plane = control_plane().await;
-    let namespace = plane.namespace("gate").await.unwrap();
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
-    install_access(plane, &namespace).await;
+    let (plane, namespace, client) = with_access("gate").await;
     let node = format!("{namespace}-n1");
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("acted");
@@ -1021,12 +1035,8 @@ async fn an_agent_in_a_cluster_acts_only_when_the_controller_allows_it() {
     }))
     .unwrap();
     checks.create(&PostParams::default(), &check).await.unwrap();
-    let kubeconfig =
-        support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
-    let args = ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str()];
-    let agent = tokio::task::block_in_place(|| {
-        Agent::start_in_cluster(&dir.path().join("agent"), &kubeconfig, &node, &args)
-    });
+    let agent =
+        start_agent(plane, &namespace, &node, &plane.kubeconfig(), &dir.path().join("agent"), &[]).await;
     let statuses: Api<InstanceStatus> = Api::namespaced(client.clone(), &namespace);
     let host = format!("host-{node}");
     eventually("the host check is impaired", Duration::from_secs(30), || async {
@@ -1059,14 +1069,8 @@ async fn an_agent_in_a_cluster_acts_only_when_the_controller_allows_it() {
 /// changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_aggregates_the_fleet_and_allows_remediation() {
-    use support::agent::Agent;
-
     let _turn = AGENTS.lock().await;
-    let plane = control_plane().await;
-    let namespace = plane.namespace("ctrl").await.unwrap();
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
-    install_access(plane, &namespace).await;
+    let (plane, namespace, client) = with_access("ctrl").await;
     let node = format!("{namespace}-n1");
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("acted");
@@ -1099,12 +1103,8 @@ async fn the_controller_aggregates_the_fleet_and_allows_remediation() {
     })
     .await;
 
-    let kubeconfig =
-        support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
-    let args = ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str()];
-    let agent = tokio::task::block_in_place(|| {
-        Agent::start_in_cluster(&dir.path().join("agent"), &kubeconfig, &node, &args)
-    });
+    let agent =
+        start_agent(plane, &namespace, &node, &plane.kubeconfig(), &dir.path().join("agent"), &[]).await;
     let wrong = eventually("the invalid HealthCheck says why", Duration::from_secs(30), || async {
         let status = checks.get("wrong").await.ok()?.status?;
         status.conditions.into_iter().find(|c| c.type_ == "Invalid" && c.status == "True")
@@ -1127,11 +1127,7 @@ async fn the_controller_aggregates_the_fleet_and_allows_remediation() {
         (quiet.get("patch", "healthchecks/status") == 0).then_some(())
     })
     .await;
-    let metrics = tokio::task::block_in_place(|| {
-        support::agent::request(format!("127.0.0.1:{port}").parse().unwrap(), "GET", "/metrics", &[])
-    })
-    .unwrap()
-    .1;
+    let metrics = metrics_of(port);
     assert!(metrics.contains("vigil_controller_leader 1"), "{metrics}\n{}", controller_log());
     assert!(metrics.contains("vigil_controller_status_writes_total{result=\"ok\"}"), "{metrics}");
     let _ = controller.kill();
@@ -1144,24 +1140,20 @@ async fn the_controller_aggregates_the_fleet_and_allows_remediation() {
 /// node's instances impaired (`reachability`), with an Event; the agent back clears it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_is_unreachable_until_its_agent_returns() {
-    use support::agent::Agent;
-
     let _turn = AGENTS.lock().await;
-    let plane = control_plane().await;
-    let namespace = plane.namespace("loss").await.unwrap();
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
-    install_access(plane, &namespace).await;
+    let (plane, namespace, client) = with_access("loss").await;
     let node = format!("{namespace}-n1");
     let dir = tempfile::tempdir().unwrap();
     let (mut controller, _) = start_controller(plane, &namespace, dir.path(), &["--node-grace", "4s"]).await;
-    let kubeconfig =
-        support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
-    let args =
-        ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str(), "--lease-renew", "1s"];
-    let mut agent = tokio::task::block_in_place(|| {
-        Agent::start_in_cluster(&dir.path().join("agent"), &kubeconfig, &node, &args)
-    });
+    let mut agent = start_agent(
+        plane,
+        &namespace,
+        &node,
+        &plane.kubeconfig(),
+        &dir.path().join("agent"),
+        &["--lease-renew", "1s"],
+    )
+    .await;
     let statuses: Api<InstanceStatus> = Api::namespaced(client.clone(), &namespace);
     let host = format!("host-{node}");
     let system = |doc: InstanceStatus| doc.status.map(|s| s.system_status);
@@ -1205,11 +1197,7 @@ async fn an_agent_rides_out_an_api_server_outage() {
     use support::servers::HttpTarget;
 
     let _turn = AGENTS.lock().await;
-    let plane = control_plane().await;
-    let namespace = plane.namespace("ride").await.unwrap();
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
-    install_access(plane, &namespace).await;
+    let (plane, namespace, client) = with_access("ride").await;
     let server = tokio::task::spawn_blocking(|| ControlPlane::shared().second_apiserver("ride"))
         .await
         .unwrap()
@@ -1227,12 +1215,9 @@ async fn an_agent_rides_out_an_api_server_outage() {
     .unwrap();
     checks.create(&PostParams::default(), &check).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig =
-        support::k8s::agent_kubeconfig(plane, &namespace, &node, &server.kubeconfig(), dir.path()).await;
-    let args =
-        ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str(), "--lease-renew", "1s"];
     let agent =
-        tokio::task::block_in_place(|| Agent::start_in_cluster(dir.path(), &kubeconfig, &node, &args));
+        start_agent(plane, &namespace, &node, &server.kubeconfig(), dir.path(), &["--lease-renew", "1s"])
+            .await;
     let check_key = format!("{namespace}/web");
     let id = vigil::inventory::id_for(vigil::api::InstanceKind::Endpoint, &address, &node);
     let statuses: Api<InstanceStatus> = Api::namespaced(client.clone(), &namespace);
@@ -1302,17 +1287,10 @@ async fn an_agent_rides_out_an_api_server_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_controller_takes_over_when_the_leader_dies() {
     let _turn = AGENTS.lock().await;
-    let plane = control_plane().await;
-    let namespace = plane.namespace("leader").await.unwrap();
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
-    install_access(plane, &namespace).await;
+    let (plane, namespace, client) = with_access("leader").await;
     let dir = tempfile::tempdir().unwrap();
     let metric = |port: u16| -> Option<String> {
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let (_, text) =
-            tokio::task::block_in_place(|| support::agent::request(addr, "GET", "/metrics", &[])).ok()?;
-        text.lines().find(|l| l.starts_with("vigil_controller_leader ")).map(str::to_owned)
+        metrics_of(port).lines().find(|l| l.starts_with("vigil_controller_leader ")).map(str::to_owned)
     };
     let (mut first, first_port) = start_controller(plane, &namespace, &dir.path().join("a"), &[]).await;
     eventually("the first controller leads", Duration::from_secs(30), || async {
@@ -1390,15 +1368,10 @@ async fn running_pod(pods: &Api<k8s_openapi::api::core::v1::Pod>, name: &str, no
 async fn the_leader_evicts_a_failing_pod_within_its_disruption_budget() {
     use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-    use support::agent::Agent;
     use support::servers::HttpTarget;
 
     let _turn = AGENTS.lock().await;
-    let plane = control_plane().await;
-    let namespace = plane.namespace("evict").await.unwrap();
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
-    install_access(plane, &namespace).await;
+    let (plane, namespace, client) = with_access("evict").await;
     let node = format!("{namespace}-n1");
     let (failing, healthy) = (HttpTarget::start().await, HttpTarget::start().await);
     let port = |t: &HttpTarget| -> u16 { t.address().rsplit(':').next().unwrap().parse().unwrap() };
@@ -1432,12 +1405,8 @@ async fn the_leader_evicts_a_failing_pod_within_its_disruption_budget() {
     let dir = tempfile::tempdir().unwrap();
     let (mut controller, port) =
         start_controller(plane, &namespace, dir.path(), &["--eviction-interval", "1s"]).await;
-    let kubeconfig =
-        support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
-    let args = ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str()];
-    let agent = tokio::task::block_in_place(|| {
-        Agent::start_in_cluster(&dir.path().join("agent"), &kubeconfig, &node, &args)
-    });
+    let agent =
+        start_agent(plane, &namespace, &node, &plane.kubeconfig(), &dir.path().join("agent"), &[]).await;
     failing.set_status(503);
 
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &namespace);
@@ -1468,6 +1437,21 @@ async fn the_leader_evicts_a_failing_pod_within_its_disruption_budget() {
     assert_eq!(refused.related.and_then(|r| r.name).as_deref(), Some("web-1"));
     assert_eq!(refused.reporting_controller.as_deref(), Some("vigil.dev/controller"));
     assert!(pods.get("web-1").await.unwrap().metadata.deletion_timestamp.is_none(), "refused means refused");
+    // Refused again after the backoff: the same Event, as a series (as the kubelet aggregates).
+    let repeated = eventually("the refusal repeats as a series", Duration::from_secs(30), || async {
+        let refusals: Vec<_> = events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("EvictionRefused"))
+            .collect();
+        assert_eq!(refusals.len(), 1, "one Event object for the repeats: {refusals:?}");
+        refusals.into_iter().next().filter(|e| e.series.as_ref().is_some_and(|s| s.count >= 2))
+    })
+    .await;
+    assert!(repeated.series.is_some());
 
     // The budget allows one disruption: the retry evicts the failing pod, and only it.
     let allow = json!({"spec": {"minAvailable": 1}});
@@ -1486,11 +1470,7 @@ async fn the_leader_evicts_a_failing_pod_within_its_disruption_budget() {
         controller_log()
     );
     assert!(pods.get("web-2").await.unwrap().metadata.deletion_timestamp.is_none());
-    let metrics = tokio::task::block_in_place(|| {
-        support::agent::request(format!("127.0.0.1:{port}").parse().unwrap(), "GET", "/metrics", &[])
-    })
-    .unwrap()
-    .1;
+    let metrics = metrics_of(port);
     let count = |outcome: &str| -> u64 {
         let series = format!("vigil_controller_evictions_total{{outcome=\"{outcome}\"}} ");
         metrics.lines().find_map(|l| l.strip_prefix(series.as_str())).map_or(0, |v| v.trim().parse().unwrap())
@@ -1499,11 +1479,7 @@ async fn the_leader_evicts_a_failing_pod_within_its_disruption_budget() {
     assert!(count("refused") >= 1, "{metrics}");
     // Evicted once: a terminating pod is not evicted again.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let again = tokio::task::block_in_place(|| {
-        support::agent::request(format!("127.0.0.1:{port}").parse().unwrap(), "GET", "/metrics", &[])
-    })
-    .unwrap()
-    .1;
+    let again = metrics_of(port);
     assert!(again.contains("vigil_controller_evictions_total{outcome=\"evicted\"} 1"), "{again}");
     assert!(agent.logs().contains("evictPod is carried out by the controller"), "{}", agent.logs());
     controller.kill().unwrap();
@@ -1520,11 +1496,7 @@ async fn the_controller_collects_the_status_of_nodes_that_are_gone() {
     use k8s_openapi::api::core::v1::Node;
 
     let _turn = AGENTS.lock().await;
-    let plane = control_plane().await;
-    let namespace = plane.namespace("gcn").await.unwrap();
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
-    install_access(plane, &namespace).await;
+    let (plane, namespace, client) = with_access("gcn").await;
     let (gone, alive) = (format!("{namespace}-gone"), format!("{namespace}-alive"));
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({"metadata": {"name": gone}})).unwrap();
@@ -1556,20 +1528,14 @@ async fn the_controller_collects_the_status_of_nodes_that_are_gone() {
     let (_controller, port) =
         start_controller(plane, &namespace, dir.path(), &["--gc-after", "2s", "--node-grace", "4s"]).await;
     let collected = || {
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let text = tokio::task::block_in_place(|| support::agent::request(addr, "GET", "/metrics", &[]))
-            .map(|r| r.1)
-            .unwrap_or_default();
-        text.lines()
+        metrics_of(port)
+            .lines()
             .find_map(|l| l.strip_prefix("vigil_controller_collected_total{result=\"ok\"} "))
             .map_or(0, |v| v.trim().parse::<u64>().unwrap())
     };
     // Its Node stands: kept, however long its agent is silent.
     eventually("the controller leads", Duration::from_secs(30), || async {
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let (_, text) =
-            tokio::task::block_in_place(|| support::agent::request(addr, "GET", "/metrics", &[])).ok()?;
-        text.contains("vigil_controller_leader 1").then_some(())
+        metrics_of(port).contains("vigil_controller_leader 1").then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -1595,22 +1561,14 @@ async fn the_controller_collects_the_status_of_nodes_that_are_gone() {
 /// open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_judges_who_reads_an_agents_sensitive_routes() {
-    use support::agent::{Agent, request};
+    use support::agent::request;
 
     let _turn = AGENTS.lock().await;
-    let plane = control_plane().await;
-    let namespace = plane.namespace("authz").await.unwrap();
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
-    install_access(plane, &namespace).await;
+    let (plane, namespace, client) = with_access("authz").await;
     let node = format!("{namespace}-n1");
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig =
-        support::k8s::agent_kubeconfig(plane, &namespace, &node, &plane.kubeconfig(), dir.path()).await;
-    let args = ["--agent-namespace", namespace.as_str(), "--namespace", namespace.as_str()];
-    let agent = tokio::task::block_in_place(|| {
-        Agent::start_in_cluster(&dir.path().join("agent"), &kubeconfig, &node, &args)
-    });
+    let agent =
+        start_agent(plane, &namespace, &node, &plane.kubeconfig(), &dir.path().join("agent"), &[]).await;
     let token = |name: &'static str| {
         let namespace = namespace.clone();
         async move { plane.token_for(&namespace, name, Default::default()).await.unwrap() }
@@ -1709,11 +1667,7 @@ async fn a_fleet_of_three_nodes_end_to_end() {
 
     const PODS: usize = 100;
     let _turn = AGENTS.lock().await;
-    let plane = control_plane().await;
-    let namespace = plane.namespace("fleet").await.unwrap();
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
-    install_access(plane, &namespace).await;
+    let (plane, namespace, client) = with_access("fleet").await;
     let nodes_api: Api<Node> = Api::all(client.clone());
     let names: Vec<String> = (1..=3).map(|i| format!("{namespace}-n{i}")).collect();
     for name in &names {
@@ -1793,20 +1747,11 @@ async fn a_fleet_of_three_nodes_end_to_end() {
         start_controller(plane, &namespace, dir.path(), &["--node-grace", "20s"]).await;
     let mut agents = Vec::new();
     for name in &names {
-        let kubeconfig =
-            support::k8s::agent_kubeconfig(plane, &namespace, name, &plane.kubeconfig(), dir.path()).await;
-        let args = [
-            "--agent-namespace",
-            namespace.as_str(),
-            "--namespace",
-            namespace.as_str(),
-            "--lease-renew",
-            "2s",
-        ];
-        let agent_dir = dir.path().join(name);
-        agents.push(tokio::task::block_in_place(|| {
-            Agent::start_in_cluster(&agent_dir, &kubeconfig, name, &args)
-        }));
+        let base = plane.kubeconfig();
+        agents.push(
+            start_agent(plane, &namespace, name, &base, &dir.path().join(name), &["--lease-renew", "2s"])
+                .await,
+        );
     }
     let status_of = |name: &'static str| {
         let checks = checks.clone();

@@ -222,6 +222,11 @@ impl Evictions {
         self.wake_no_later(now.checked_add(self.interval).unwrap_or(Timestamp::MAX));
     }
 
+    /// Nothing to wake up for (this replica does not lead).
+    pub fn rest(&mut self) {
+        self.wake = None;
+    }
+
     /// Forgets the history of checks that no longer exist.
     pub fn retain(&mut self, checks: &HashSet<CheckKey>) {
         self.history.retain(|(check, _), _| checks.contains(check));

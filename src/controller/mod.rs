@@ -302,7 +302,7 @@ pub async fn run(
     let mut reconciler = Reconciler {
         client,
         evicting,
-        silent: None,
+        live: None,
         evictions: evict::Evictions::new(Duration::from_secs_f64(config.eviction_interval_seconds)),
         recorder: recorder.clone(),
         catalog: Catalog::default(),
@@ -329,10 +329,10 @@ pub async fn run(
                 _ = look_at_nodes.tick() => {
                     let mut silence_changed = false;
                     if leases.synced() && statuses.synced() && *leading.borrow() {
-                        let before = reconciler.silent.clone();
+                        let before = reconciler.live.clone();
                         reconciler.mark_silent_nodes(leases.current(), statuses.current(), grace, &recorder).await;
                         // Which nodes may be acted on changed: evictions are decided again.
-                        silence_changed = reconciler.silent != before;
+                        silence_changed = reconciler.live != before;
                         if node_objects.synced() {
                             let nodes = node_objects.current().values().filter_map(|n| n.metadata.name.clone()).collect();
                             reconciler.collect(statuses.current(), &nodes, leases.current(), gc_after).await;
@@ -400,9 +400,10 @@ struct Reconciler {
     evicting: Client,
     /// `evictPod` across the fleet.
     evictions: evict::Evictions,
-    /// Nodes whose agent is silent (their InstanceStatus are stale: nobody is evicted on their
-    /// word); `None` until the agents' Leases are listed.
-    silent: Option<std::collections::HashSet<String>>,
+    /// Nodes whose agent renews its Lease: only on their word is anyone evicted (a silent
+    /// node's InstanceStatus, or one of a node without a Lease here, may be stale). `None` until
+    /// the agents' Leases are listed.
+    live: Option<std::collections::HashSet<String>>,
     recorder: Recorder,
     catalog: Catalog,
     /// The status written per HealthCheck until the watch brings it back, so that a round in
@@ -434,10 +435,10 @@ impl Reconciler {
         let defs: HashMap<CheckKey, &crate::model::CheckDef> =
             infos.iter().filter_map(|i| i.def.as_deref()).map(|d| (d.key.clone(), d)).collect();
         self.evictions.retain(&infos.iter().map(|i| i.key.clone()).collect());
-        // Only on current word: not before the agents' Leases are known, never a silent node's.
-        let Some(silent) = &self.silent else { return };
+        // Only on current word: not before the agents' Leases are known, and only a live node's.
+        let Some(live) = &self.live else { return };
         let mut candidates = evict::candidates(defs.values().copied(), allowed, statuses);
-        candidates.retain(|c| !silent.contains(&c.node));
+        candidates.retain(|c| live.contains(&c.node));
         let now = jiff::Timestamp::now();
         let Some(chosen) = self.evictions.due(candidates, &defs, now) else { return };
         tracing::debug!(check = %chosen.check, pod = chosen.pod, "evicting");
@@ -488,8 +489,9 @@ impl Reconciler {
         grace: Duration,
         recorder: &Recorder,
     ) {
-        let silent = nodes::silent_nodes(leases.values(), grace, jiff::Timestamp::now());
-        self.silent = Some(silent.keys().cloned().collect());
+        let now = jiff::Timestamp::now();
+        let silent = nodes::silent_nodes(leases.values(), grace, now);
+        self.live = Some(nodes::live_nodes(leases.values(), grace, now));
         if silent.is_empty() {
             return;
         }
@@ -650,6 +652,11 @@ impl Reconciler {
         }
         self.metrics.reconciles.with_label_values(&["ok"]).inc();
         if !lead {
+            // A replica that does not lead writes nothing: no retry or eviction to come back for
+            // (a retry due in the past would wake the loop at once, again and again).
+            self.evictions.rest();
+            self.backoff.clear();
+            self.metrics.backing_off.set(0);
             return;
         }
         let allowed: HashMap<CheckKey, bool> =

@@ -38,6 +38,26 @@ pub fn silent_nodes<'a>(
     silent
 }
 
+/// Nodes whose agent Lease was renewed within `grace`.
+pub fn live_nodes<'a>(
+    leases: impl IntoIterator<Item = &'a Lease>,
+    grace: Duration,
+    now: Timestamp,
+) -> std::collections::HashSet<String> {
+    let grace = SignedDuration::try_from(grace).unwrap_or(SignedDuration::MAX);
+    let mut live = std::collections::HashSet::new();
+    for lease in leases {
+        let Some(node) = lease.metadata.labels.as_ref().and_then(|l| l.get(api::labels::NODE)) else {
+            continue;
+        };
+        let renewed = lease.spec.as_ref().and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
+        if renewed.and_then(|r| r.checked_add(grace).ok()).is_some_and(|until| now <= until) {
+            live.insert(node.clone());
+        }
+    }
+    live
+}
+
 /// The System check of an instance of a node silent since `since`: what it was, with
 /// reachability impaired. `None` when it already says so.
 pub fn unreachable(current: &StatusSummary, node: &str, since: Timestamp) -> Option<StatusSummary> {
@@ -82,6 +102,12 @@ mod tests {
             silent_nodes(&leases, Duration::from_secs(40), at_grace).is_empty(),
             "not before the grace ends"
         );
+        // Live is the other side: n2 only, then both at the grace's end; a node without a Lease
+        // is never live.
+        let live = live_nodes(&leases, Duration::from_secs(40), now);
+        assert_eq!(live, ["n2".to_owned()].into());
+        assert_eq!(live_nodes(&leases, Duration::from_secs(40), at_grace).len(), 2);
+        assert!(!live.contains("n3"));
     }
 
     #[test]
