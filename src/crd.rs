@@ -13,13 +13,19 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     ]
 }
 
-/// The CRD with the integer formats schemars writes for unsigned Rust types (`uint8`, `uint32`)
-/// replaced by the ones Kubernetes knows (`int32`, `int64`): the API server answers every apply
-/// of an unknown format with a warning (`unrecognized format "uint32"`). The `minimum: 0` that
-/// schemars writes beside them keeps the values unsigned.
+/// The CRD as Kubernetes wants it:
+/// - the integer formats schemars writes for unsigned Rust types (`uint8`, `uint32`) replaced by
+///   the ones Kubernetes knows (`int32`, `int64`): the API server answers every apply of an
+///   unknown format with a warning (`unrecognized format "uint32"`). The `minimum: 0` that
+///   schemars writes beside them keeps the values unsigned;
+/// - descriptions as paragraphs ([`paragraphs`]): `kubectl explain` wraps text itself, and the
+///   doc comments' hard line breaks would break its sentences mid-line.
 fn kubernetes_formats(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
     fn walk(schema: &mut JSONSchemaProps) {
+        if let Some(text) = schema.description.as_mut() {
+            *text = paragraphs(text);
+        }
         if let Some(format) = schema.format.as_mut() {
             match format.as_str() {
                 "uint8" | "uint16" | "int8" | "int16" => *format = "int32".to_owned(),
@@ -57,7 +63,40 @@ fn kubernetes_formats(mut crd: CustomResourceDefinition) -> CustomResourceDefini
     crd
 }
 
+/// A doc comment as paragraphs: the lines of each paragraph joined with spaces; blank lines
+/// between paragraphs, and list items (`- …`) on lines of their own, kept.
+pub fn paragraphs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (n, paragraph) in text.split("\n\n").enumerate() {
+        if n > 0 {
+            out.push_str("\n\n");
+        }
+        for (i, line) in paragraph.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+            if i > 0 {
+                out.push(if line.starts_with("- ") || line.starts_with("* ") { '\n' } else { ' ' });
+            }
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 /// One CRD as the YAML document committed under `crds/`.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::ser_error::Error> {
     serde_saphyr::to_string(crd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paragraphs;
+
+    #[test]
+    fn hard_wrapped_lines_become_paragraphs_and_lists_stay() {
+        let doc = "An HTTP GET; healthy when the status matches (and the body, if\nasked).\n\nWhich:\n- one\n- two,\n  wrapped";
+        assert_eq!(
+            paragraphs(doc),
+            "An HTTP GET; healthy when the status matches (and the body, if asked).\n\nWhich:\n- one\n- two, wrapped"
+        );
+        assert_eq!(paragraphs("One line."), "One line.");
+    }
 }

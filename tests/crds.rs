@@ -34,6 +34,54 @@ fn committed_crds_are_current() {
     }
 }
 
+/// Every `description` under `value`, with its path.
+fn descriptions(value: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("description", Value::String(text)) => out.push((path.to_owned(), text.clone())),
+                    _ => descriptions(v, &format!("{path}.{k}"), out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| descriptions(v, path, out)),
+        _ => {}
+    }
+}
+
+/// `kubectl explain` wraps descriptions itself: a line break inside a paragraph (what a doc
+/// comment's hard wrapping leaves) would cut its sentences, as in "if⏎ asked)". Only paragraph
+/// breaks and list items may start a new line.
+#[test]
+fn descriptions_are_paragraphs_that_kubectl_explain_can_wrap() {
+    let mut found = Vec::new();
+    for (file, _) in vigil::crd::all() {
+        let text = std::fs::read_to_string(root().join("crds").join(file)).unwrap();
+        for doc in documents(&text) {
+            descriptions(&doc, file, &mut found);
+        }
+    }
+    assert!(found.len() > 100, "the CRDs describe their fields: {}", found.len());
+    let broken: Vec<String> = found
+        .iter()
+        .filter(|(_, text)| {
+            text.split("\n\n").any(|paragraph| {
+                paragraph.lines().skip(1).any(|line| !(line.starts_with("- ") || line.starts_with("* ")))
+            })
+        })
+        .map(|(path, text)| format!("{path}: {text:?}"))
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "descriptions broken mid-paragraph (regenerate with {REGENERATE}):\n{}",
+        broken.join("\n")
+    );
+    // The example of the issue reads as one sentence now.
+    let http = found.iter().find(|(p, t)| p.contains("http") && t.contains("if asked)"));
+    assert!(http.is_some(), "the HTTP probe's description keeps its sentence whole");
+}
+
 fn healthcheck_schema() -> Value {
     let crd = serde_json::to_value(<HealthCheck as kube::CustomResourceExt>::crd()).unwrap();
     schema::crd_schema(&crd).unwrap().clone()
