@@ -3,24 +3,29 @@
 CARGO ?= cargo
 export PATH := $(CURDIR)/target/tools/bin:$(PATH)
 
-.PHONY: run test test-deps dev-cluster dev-apiserver bench bench-docker crds lint fmt
+.PHONY: run test test-deps image dev-cluster dev-apiserver bench bench-docker crds lint fmt
 
 ## run: the standalone agent on this machine, with examples/standalone (API on 127.0.0.1:9733)
 run:
 	$(CARGO) run --release -- agent --checks-dir examples/standalone --state-dir target/state
 
-## test: everything, after making sure the tools, the Docker engine, the QEMU guest and the Kubernetes
+## test: everything, after making sure the tools, the Docker engine, vigil's image, the QEMU guest and the Kubernetes
 ## control plane the tests use are here; an engine started for the tests is stopped afterwards (one
 ## that was already running is left alone), and so is the control plane
 test: test-deps
 	tests/fixtures/docker-engine.sh ensure
-	status=0; tests/fixtures/k8s.sh up && $(CARGO) test --workspace --locked || status=$$?; \
+	status=0; packaging/image.sh && tests/fixtures/k8s.sh up && $(CARGO) test --workspace --locked || status=$$?; \
 	tests/fixtures/k8s.sh down; tests/fixtures/docker-engine.sh down; exit $$status
 
 test-deps:
 	tests/fixtures/tools.sh
 	tests/fixtures/qemu-guest.sh build
 	tests/fixtures/k8s.sh build
+
+## image: vigil's image (FROM scratch: the stripped release binary and the libraries it links),
+## vigil:<version>, with the local Docker engine
+image:
+	packaging/image.sh
 
 ## dev-cluster: a real Kubernetes control plane (kube-apiserver, etcd, kube-controller-manager, kwok)
 ## on loopback, in the foreground, with its kubeconfig in target/dev-cluster/kubeconfig (Ctrl-C stops it)
