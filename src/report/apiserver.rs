@@ -345,7 +345,6 @@ impl ApiWriter {
     }
 }
 
-/// Namespace and name of the object a document is written to.
 /// Whether an instance gets an InstanceStatus: a pod only while a HealthCheck selects it (a
 /// node runs many pods nobody asked about, and each object costs the API server and etcd);
 /// the host, containers, VMs and endpoints always, as a cloud reports every instance.
@@ -353,6 +352,7 @@ fn reported(view: &InstanceView) -> bool {
     view.instance.kind != InstanceKind::Pod || !view.checks.is_empty()
 }
 
+/// Namespace and name of the object a document is written to.
 fn place(doc: &InstanceStatus) -> (String, String) {
     (doc.metadata.namespace.clone().unwrap_or_default(), doc.metadata.name.clone().unwrap_or_default())
 }
