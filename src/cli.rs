@@ -164,6 +164,12 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 10.0)]
     pub disk_pressure_percent: f64,
 
+    /// Where the host's root filesystem is seen. In a container, mount the host's `/` read-only
+    /// (the chart mounts it at `/host`): the host's memory, mounts (`proc/1/mountinfo`) and
+    /// filesystems are then read under it instead of the container's own.
+    #[arg(long, default_value = "/", env = "VIGIL_HOST_ROOT")]
+    pub host_root: PathBuf,
+
     /// File holding a bearer token that also grants access to sensitive routes (logs,
     /// configuration) from other hosts. Without it, they are served to loopback callers only.
     #[arg(long, env = "VIGIL_API_TOKEN_FILE")]

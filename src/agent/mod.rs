@@ -104,6 +104,8 @@ pub struct AgentConfig {
     pub inventory_sync_timeout_seconds: f64,
     /// Host pressure thresholds.
     pub pressure: PressureThresholds,
+    /// Where the host's root filesystem is seen (`/`, or the host's `/` mounted into a container).
+    pub host_root: PathBuf,
     /// Token file for sensitive routes (its content is never served).
     pub api_token_file: Option<PathBuf>,
     /// HTTP server limits.
@@ -212,6 +214,7 @@ impl AgentConfig {
             inventory_sync_timeout,
             memory_pressure_mb,
             disk_pressure_percent,
+            host_root,
             api_token_file,
             docker_socket,
             no_docker,
@@ -268,6 +271,7 @@ impl AgentConfig {
                 disk_available_percent: disk_pressure_percent,
                 ..PressureThresholds::default()
             },
+            host_root,
             api_token_file,
             server: ServerConfig::default(),
             docker_socket,
@@ -616,7 +620,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         Mode::Standalone { checks_dir, state_dir } => {
             let store = Arc::new(store);
             let parts = standalone(checks_dir, state_dir, &config, &store, &health, &metrics)?;
-            (store, parts, vec![PathBuf::from("/"), state_dir.clone()])
+            (store, parts, vec![config.host_root.clone(), state_dir.clone()])
         }
         mode @ Mode::Kubernetes { remediation_staleness_seconds, .. } => {
             // In a cluster, remediation waits for the controller's verdict over the whole fleet.
@@ -626,11 +630,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             ));
             let store = Arc::new(store.with_gate(verdicts.clone()));
             let parts = kubernetes(mode, &config, &store, &health, &metrics, verdicts).await?;
-            (store, parts, vec![PathBuf::from("/")])
+            (store, parts, vec![config.host_root.clone()])
         }
     };
     let view = Arc::new(ViewCollector::new(store.clone()));
-    store.set_host_health(host::assess(&config.pressure, &watched));
+    store.set_host_health(host::assess(&config.pressure, &watched, &config.host_root));
 
     let docker = match &config.docker_socket {
         Some(socket) => {
@@ -809,6 +813,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         let store = store.clone();
         let cancel = cancel.clone();
         let pressure = config.pressure.clone();
+        let root = config.host_root.clone();
         let period = secs(config.host_interval_seconds);
         tasks.spawn(
             async move {
@@ -819,8 +824,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                         () = cancel.cancelled() => return ("host monitor", Ok(())),
                         _ = tick.tick() => {}
                     }
-                    let (pressure, watched) = (pressure.clone(), watched.clone());
-                    match tokio::task::spawn_blocking(move || host::assess(&pressure, &watched)).await {
+                    let (pressure, watched, root) = (pressure.clone(), watched.clone(), root.clone());
+                    match tokio::task::spawn_blocking(move || host::assess(&pressure, &watched, &root)).await
+                    {
                         Ok(h) => store.set_host_health(h),
                         Err(e) => return ("host monitor", Err(e.to_string())),
                     }

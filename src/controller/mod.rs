@@ -30,7 +30,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -151,6 +151,14 @@ pub struct ControllerMetrics {
     pub evictions: IntCounterVec,
     /// InstanceStatus deleted because their node is gone, by result.
     pub collected: IntCounterVec,
+    /// Agents by state (`live`, `silent`), as the leader sees their Leases.
+    pub agents: IntGaugeVec,
+    /// 1 for each node whose agent Lease expired (no series for live nodes).
+    pub silent_agent: IntGaugeVec,
+    /// Targets of each HealthCheck by state, as the leader aggregated them.
+    pub targets: IntGaugeVec,
+    /// Whether remediation is allowed, for each HealthCheck with an action.
+    pub remediation_allowed: IntGaugeVec,
 }
 
 impl ControllerMetrics {
@@ -191,6 +199,34 @@ impl ControllerMetrics {
                 ),
                 &["result"],
             )?,
+            agents: IntGaugeVec::new(
+                Opts::new(
+                    "vigil_controller_agents",
+                    "Agents by state: live (Lease renewed within --node-grace) or silent; set by the leader.",
+                ),
+                &["state"],
+            )?,
+            silent_agent: IntGaugeVec::new(
+                Opts::new(
+                    "vigil_controller_silent_agent",
+                    "1 for each node whose agent Lease expired (the System check of its instances is impaired); no series for live nodes; set by the leader.",
+                ),
+                &["node"],
+            )?,
+            targets: IntGaugeVec::new(
+                Opts::new(
+                    "vigil_healthcheck_targets",
+                    "Targets of a HealthCheck across the fleet, by state (healthy, unhealthy, unknown); set by the leader.",
+                ),
+                &["namespace", "healthcheck", "state"],
+            )?,
+            remediation_allowed: IntGaugeVec::new(
+                Opts::new(
+                    "vigil_healthcheck_remediation_allowed",
+                    "1 while a HealthCheck's action may run, 0 while more targets are unhealthy than its maxUnhealthy allows; only HealthChecks with an action; set by the leader.",
+                ),
+                &["namespace", "healthcheck"],
+            )?,
         };
         registry.register(Box::new(m.reconciles.clone()))?;
         registry.register(Box::new(m.status_writes.clone()))?;
@@ -199,6 +235,10 @@ impl ControllerMetrics {
         registry.register(Box::new(m.backing_off.clone()))?;
         registry.register(Box::new(m.evictions.clone()))?;
         registry.register(Box::new(m.collected.clone()))?;
+        registry.register(Box::new(m.agents.clone()))?;
+        registry.register(Box::new(m.silent_agent.clone()))?;
+        registry.register(Box::new(m.targets.clone()))?;
+        registry.register(Box::new(m.remediation_allowed.clone()))?;
         Ok(m)
     }
 }
@@ -309,6 +349,7 @@ pub async fn run(
         written: HashMap::new(),
         backoff: HashMap::new(),
         metrics: metrics.clone(),
+        published: Published::default(),
         health: health.clone(),
     };
     let (mut checks_listed, mut statuses_listed) = (Some(checks_listed), Some(statuses_listed));
@@ -349,6 +390,9 @@ pub async fn run(
                     info!(leading = now, "leadership changed");
                     // A new leader writes whatever differs; a former one stops at once.
                     reconciler.written.clear();
+                    if !now {
+                        reconciler.unpublish();
+                    }
                     now
                 }
                 () = async {
@@ -411,10 +455,66 @@ struct Reconciler {
     written: HashMap<CheckKey, serde_json::Value>,
     backoff: HashMap<CheckKey, Backoff>,
     metrics: ControllerMetrics,
+    /// HealthChecks and silent nodes whose fleet gauges are published, so that the series of
+    /// one that went away are deleted.
+    published: Published,
     health: Arc<Health>,
 }
 
+#[derive(Debug, Default)]
+struct Published {
+    checks: std::collections::HashSet<CheckKey>,
+    silent: std::collections::BTreeSet<String>,
+}
+
 impl Reconciler {
+    /// The leader's fleet gauges of the HealthChecks: targets by state, remediation allowed.
+    fn publish_checks(&mut self, statuses: &[(CheckKey, HealthCheckStatus)]) {
+        let m = &self.metrics;
+        let now: std::collections::HashSet<CheckKey> = statuses.iter().map(|(k, _)| k.clone()).collect();
+        for gone in self.published.checks.difference(&now) {
+            for state in ["healthy", "unhealthy", "unknown"] {
+                let _ = m.targets.remove_label_values(&[&gone.namespace, &gone.name, state]);
+            }
+            let _ = m.remediation_allowed.remove_label_values(&[&gone.namespace, &gone.name]);
+        }
+        for (key, status) in statuses {
+            let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+            m.targets.with_label_values(&[ns, name, "healthy"]).set(i64::from(status.healthy));
+            m.targets.with_label_values(&[ns, name, "unhealthy"]).set(i64::from(status.unhealthy));
+            m.targets.with_label_values(&[ns, name, "unknown"]).set(i64::from(status.unknown));
+            match status.remediation_allowed {
+                Some(allowed) => m.remediation_allowed.with_label_values(&[ns, name]).set(i64::from(allowed)),
+                None => {
+                    let _ = m.remediation_allowed.remove_label_values(&[ns, name]);
+                }
+            }
+        }
+        self.published.checks = now;
+    }
+
+    /// The leader's gauges of the agents.
+    fn publish_agents(&mut self, silent: &BTreeMap<String, jiff::Timestamp>, live: usize) {
+        let m = &self.metrics;
+        m.agents.with_label_values(&["live"]).set(i64::try_from(live).unwrap_or(i64::MAX));
+        m.agents.with_label_values(&["silent"]).set(i64::try_from(silent.len()).unwrap_or(i64::MAX));
+        for gone in self.published.silent.iter().filter(|n| !silent.contains_key(*n)) {
+            let _ = m.silent_agent.remove_label_values(&[gone]);
+        }
+        for node in silent.keys() {
+            m.silent_agent.with_label_values(&[node]).set(1);
+        }
+        self.published.silent = silent.keys().cloned().collect();
+    }
+
+    /// A replica that does not lead publishes no fleet gauges (the leader's are the truth).
+    fn unpublish(&mut self) {
+        self.publish_checks(&[]);
+        self.publish_agents(&BTreeMap::new(), 0);
+        let _ = self.metrics.agents.remove_label_values(&["live"]);
+        let _ = self.metrics.agents.remove_label_values(&["silent"]);
+    }
+
     /// When the next round is due without a change: a write to retry, an eviction waiting.
     fn wake_at(&self) -> Option<tokio::time::Instant> {
         let retry = self.backoff.values().map(|b| b.until).min();
@@ -491,7 +591,9 @@ impl Reconciler {
     ) {
         let now = jiff::Timestamp::now();
         let silent = nodes::silent_nodes(leases.values(), grace, now);
-        self.live = Some(nodes::live_nodes(leases.values(), grace, now));
+        let live = nodes::live_nodes(leases.values(), grace, now);
+        self.publish_agents(&silent, live.len());
+        self.live = Some(live);
         if silent.is_empty() {
             return;
         }
@@ -657,8 +759,10 @@ impl Reconciler {
             self.evictions.rest();
             self.backoff.clear();
             self.metrics.backing_off.set(0);
+            self.unpublish();
             return;
         }
+        self.publish_checks(&wanted);
         let allowed: HashMap<CheckKey, bool> =
             wanted.iter().map(|(k, s)| (k.clone(), s.remediation_allowed.unwrap_or(false))).collect();
         let tnow = tokio::time::Instant::now();

@@ -140,14 +140,26 @@ pub struct HostHealth {
     pub volumes: Vec<Observation>,
 }
 
-/// Assesses the host now. `paths` are filesystems the agent needs (the root and the state
-/// folder): they are checked for disk pressure and must be writable.
-pub fn assess(thresholds: &PressureThresholds, paths: &[PathBuf]) -> HostHealth {
-    HostHealth { system: vec![memory(thresholds), disk(thresholds, paths)], volumes: volumes(paths) }
+/// Assesses the host now. `root` is where the host's root filesystem is seen (`/`, or the host's
+/// `/` mounted into the agent's container): its `proc/meminfo`, `proc/1/mountinfo` and
+/// `sys/fs/ext4` are read and its mounts checked under it. `paths` are filesystems the agent
+/// needs (the host's root and the state folder): they are checked for disk pressure and must be
+/// writable.
+pub fn assess(thresholds: &PressureThresholds, paths: &[PathBuf], root: &Path) -> HostHealth {
+    HostHealth {
+        system: vec![memory(thresholds, root), disk(thresholds, paths)],
+        volumes: volumes(paths, root),
+    }
 }
 
-fn memory(t: &PressureThresholds) -> Observation {
-    match procfs::Meminfo::current() {
+/// `path` of the host, as seen under `root`.
+fn under(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+fn memory(t: &PressureThresholds, root: &Path) -> Observation {
+    use procfs::FromRead;
+    match procfs::Meminfo::from_file(under(root, Path::new("/proc/meminfo"))) {
         Ok(mem) => {
             let available = mem.mem_available.unwrap_or(mem.mem_free);
             let text = format!("{} MiB available of {} MiB", available / MIB, mem.mem_total / MIB);
@@ -230,8 +242,15 @@ const PSEUDO_FS: &[&str] = &[
     "binfmt_misc",
 ];
 
-fn volumes(paths: &[PathBuf]) -> Vec<Observation> {
-    let mounts = match procfs::process::Process::myself().and_then(|p| p.mountinfo()) {
+fn volumes(paths: &[PathBuf], root: &Path) -> Vec<Observation> {
+    use procfs::FromRead;
+    // The host's mounts: the agent's own, or those of the host's init seen through the host's /proc.
+    let mounts = if root == Path::new("/") {
+        procfs::process::Process::myself().and_then(|p| p.mountinfo())
+    } else {
+        procfs::process::MountInfos::from_file(under(root, Path::new("/proc/1/mountinfo")))
+    };
+    let mounts = match mounts {
         Ok(m) => m,
         Err(e) => {
             return vec![Observation::new(
@@ -264,14 +283,14 @@ fn volumes(paths: &[PathBuf]) -> Vec<Observation> {
             let device = m.mount_source.clone().unwrap_or_default();
             let read_only = m.mount_options.contains_key("ro");
             let needs_write = needed.iter().find(|(_, majmin)| *majmin == m.majmin).map(|(p, _)| p);
-            if let Err(e) = rustix::fs::statvfs(&m.mount_point) {
+            if let Err(e) = rustix::fs::statvfs(&under(root, &m.mount_point)) {
                 return Observation::new(
                     name,
                     CheckStatus::Impaired,
                     format!("{device}: statvfs failed: {e}"),
                 );
             }
-            if let Some(errors) = ext4_errors(&device).filter(|n| *n > 0) {
+            if let Some(errors) = ext4_errors(root, &device).filter(|n| *n > 0) {
                 return Observation::new(
                     name,
                     CheckStatus::Impaired,
@@ -301,9 +320,10 @@ fn device_of(path: &Path) -> Option<String> {
 }
 
 /// Errors ext4 recorded on `device` (`/sys/fs/ext4/<dev>/errors_count`), when it is ext4.
-fn ext4_errors(device: &str) -> Option<u64> {
+fn ext4_errors(root: &Path, device: &str) -> Option<u64> {
     let name = Path::new(device).file_name()?.to_str()?;
-    std::fs::read_to_string(format!("/sys/fs/ext4/{name}/errors_count")).ok()?.trim().parse().ok()
+    let file = under(root, &Path::new("/sys/fs/ext4").join(name).join("errors_count"));
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -332,14 +352,69 @@ mod tests {
             disk_available_percent: 101.0,
             inodes_free_percent: 0.0,
         };
-        let h = assess(&strict, &[PathBuf::from("/")]);
+        let h = assess(&strict, &[PathBuf::from("/")], Path::new("/"));
         assert!(h.system.iter().all(|o| o.status == CheckStatus::Impaired), "{h:?}");
         let relaxed = PressureThresholds {
             memory_available_bytes: 0,
             disk_available_percent: 0.0,
             inodes_free_percent: 0.0,
         };
-        let h = assess(&relaxed, &[PathBuf::from("/")]);
+        let h = assess(&relaxed, &[PathBuf::from("/")], Path::new("/"));
         assert!(h.system.iter().all(|o| o.status == CheckStatus::Ok), "{h:?}");
+    }
+
+    /// A host seen from a container: its memory, mounts and ext4 error counts come from the
+    /// host root given, not from the agent's own /proc.
+    #[test]
+    fn a_host_root_is_read_instead_of_the_agents_own() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("proc/1")).unwrap();
+        std::fs::create_dir_all(r.join("data")).unwrap();
+        std::fs::create_dir_all(r.join("sys/fs/ext4/vda1")).unwrap();
+        std::fs::write(
+            r.join("proc/meminfo"),
+            [
+                "MemTotal:        4096000 kB",
+                "MemFree:           10240 kB",
+                "MemAvailable:      51200 kB",
+                "Buffers: 0 kB",
+                "Cached: 0 kB",
+                "SwapCached: 0 kB",
+                "Active: 0 kB",
+                "Inactive: 0 kB",
+                "SwapTotal: 0 kB",
+                "SwapFree: 0 kB",
+                "Dirty: 0 kB",
+                "Writeback: 0 kB",
+                "Mapped: 0 kB",
+                "Slab: 0 kB",
+                "Committed_AS: 0 kB",
+                "VmallocTotal: 0 kB",
+                "VmallocUsed: 0 kB",
+                "VmallocChunk: 0 kB",
+            ]
+            .join("\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            r.join("proc/1/mountinfo"),
+            "26 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n\
+             27 26 254:17 / /data ro,relatime shared:2 - xfs /dev/vdb ro\n\
+             28 26 0:22 / /proc rw - proc proc rw\n",
+        )
+        .unwrap();
+        std::fs::write(r.join("sys/fs/ext4/vda1/errors_count"), "3\n").unwrap();
+        let t = PressureThresholds::default();
+        let h = assess(&t, &[r.to_path_buf()], r);
+        let memory = &h.system[0];
+        assert_eq!(memory.status, CheckStatus::Impaired, "{memory:?}");
+        assert!(memory.message.starts_with("50 MiB available of 4000 MiB"), "{memory:?}");
+        let names: Vec<&str> = h.volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["/", "/data"], "the host's block mounts, not the agent's: {h:?}");
+        assert_eq!(h.volumes[0].status, CheckStatus::Impaired);
+        assert!(h.volumes[0].message.contains("3 filesystem errors"), "{:?}", h.volumes[0]);
+        assert_eq!(h.volumes[1].status, CheckStatus::Ok);
+        assert!(h.volumes[1].message.contains("read-only"), "{:?}", h.volumes[1]);
     }
 }
