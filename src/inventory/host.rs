@@ -283,7 +283,7 @@ fn volumes(paths: &[PathBuf], root: &Path) -> Vec<Observation> {
             let device = m.mount_source.clone().unwrap_or_default();
             let read_only = m.mount_options.contains_key("ro");
             let needs_write = needed.iter().find(|(_, majmin)| *majmin == m.majmin).map(|(p, _)| p);
-            if let Err(e) = rustix::fs::statvfs(&under(root, &m.mount_point)) {
+            if let Err(e) = rustix::fs::statvfs(under(root, &m.mount_point)) {
                 return Observation::new(
                     name,
                     CheckStatus::Impaired,
