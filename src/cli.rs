@@ -177,7 +177,8 @@ pub struct AgentArgs {
 
     /// Docker Engine socket. Default: `DOCKER_HOST` when it names a unix socket, else
     /// /var/run/docker.sock when it exists (no Docker runtime otherwise). Given explicitly, the
-    /// agent waits for the daemon if it is not there yet.
+    /// agent waits for the socket and the daemon if they are not there yet (Docker is reported
+    /// unreachable meanwhile).
     #[arg(long, env = "VIGIL_DOCKER_SOCKET", conflicts_with = "no_docker")]
     pub docker_socket: Option<String>,
 

@@ -551,3 +551,34 @@ fn a_container_stopped_or_paused_by_its_owner_is_left_alone() {
     );
     agent.wait_status(&id, "default/owner", "ok", WAIT);
 }
+
+/// A node's Docker may start after the agent (the DaemonSet's pod comes up first on boot): a
+/// socket that is not there yet is waited for, not a reason to stop or to give up on Docker.
+#[test]
+fn an_agent_started_before_the_docker_socket_exists_watches_docker_once_it_appears() {
+    let name = "vigil-t-late-socket";
+    let c = TestContainer::run(
+        engine(),
+        name,
+        &["--label", "vigil.case=late", "--health-cmd", "true", "--health-interval", "1s"],
+        "exec sleep 3600",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("docker.sock");
+    let agent = agent_on(dir.path(), socket.to_str().unwrap(), &["--inventory-sync-timeout", "1s"]);
+    agent.write_check("c.yaml", &container_check("late", "late", "    docker: {}\n    periodSeconds: 1", ""));
+    let health =
+        agent.wait_for("/v1/health", "Docker reported unreachable", WAIT, |h| h["status"] == "degraded");
+    assert!(health["reasons"].to_string().contains("Docker daemon"), "{health}");
+    let (_, metrics) = agent.get("/metrics");
+    assert!(metrics.contains("vigil_docker_daemon_up 0"), "{metrics}");
+
+    // Docker comes up: its socket appears where the agent was told to look.
+    std::os::unix::fs::symlink(engine(), &socket).unwrap();
+    let id = instance_id(name);
+    agent.wait_status(&id, "default/late", "ok", WAIT);
+    let (_, metrics) = agent.get("/metrics");
+    assert!(metrics.contains("vigil_docker_daemon_up 1"), "{metrics}");
+    drop(c);
+}

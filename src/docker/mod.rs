@@ -302,7 +302,9 @@ struct Index {
 /// The Docker runtime of one agent.
 #[derive(Clone, Debug)]
 pub struct DockerRuntime {
-    client: Docker,
+    /// The Engine's client, made once the socket exists (a node's Docker may start after the
+    /// agent).
+    client: Arc<std::sync::OnceLock<Docker>>,
     socket: String,
     index: Arc<RwLock<Index>>,
     stats: Arc<RwLock<HashMap<String, stats::Sample>>>,
@@ -317,14 +319,13 @@ pub struct DockerRuntime {
 
 impl DockerRuntime {
     /// A runtime for the daemon at `socket` (`/var/run/docker.sock` or `unix:///…`). Nothing is
-    /// asked of the daemon yet; [`watch`] keeps the inventory current. Call from the runtime
+    /// asked of the daemon yet, and the socket need not exist yet: [`watch`] waits for it and
+    /// keeps the inventory current (until then the daemon is unreachable). Call from the runtime
     /// that should run the Engine API calls.
     pub fn connect(socket: &str, stop_timeout: Duration) -> Result<DockerRuntime, DockerError> {
         let path = socket.trim_start_matches("unix://");
-        let client = Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-            .map_err(|source| DockerError::Connect { socket: socket.to_owned(), source })?;
-        Ok(DockerRuntime {
-            client,
+        let runtime = DockerRuntime {
+            client: Arc::default(),
             socket: path.to_owned(),
             index: Arc::new(RwLock::new(Index {
                 containers: BTreeMap::new(),
@@ -336,7 +337,27 @@ impl DockerRuntime {
             handle: Handle::current(),
             restarting: Arc::default(),
             stop_timeout,
-        })
+        };
+        // A socket that is there but cannot be used is a configuration error; one that is not
+        // there yet is waited for.
+        match runtime.client() {
+            Ok(_)
+            | Err(DockerError::Connect { source: bollard::errors::Error::SocketNotFoundError(_), .. }) => {
+                Ok(runtime)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The Engine's client, made on first use once the socket exists.
+    fn client(&self) -> Result<Docker, DockerError> {
+        if let Some(c) = self.client.get() {
+            return Ok(c.clone());
+        }
+        let client =
+            Docker::connect_with_unix(&self.socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+                .map_err(|source| DockerError::Connect { socket: self.socket.clone(), source })?;
+        Ok(self.client.get_or_init(|| client).clone())
     }
 
     /// The socket.
@@ -440,7 +461,10 @@ impl DockerRuntime {
 
     /// Log lines of a container (see [`logs::stream`]).
     pub fn logs(&self, id: &str, tail: Option<usize>, follow: bool) -> logs::LogStream {
-        logs::stream(&self.client, id, tail, follow)
+        match self.client() {
+            Ok(client) => logs::stream(&client, id, tail, follow),
+            Err(e) => Box::pin(futures_util::stream::iter([Err(e)])),
+        }
     }
 
     /// Notes that vigil is restarting a container (until its `start` event), or no longer is.
@@ -561,7 +585,11 @@ impl ContainerRuntime for DockerRuntime {
             if !self.read().daemon.reachable {
                 return Outcome::unknown(Cause::RuntimeUnreachable, "the Docker daemon does not answer");
             }
-            let work = Self::exec_in(self.client.clone(), container.to_owned(), command.to_vec(), timeout);
+            let client = match self.client() {
+                Ok(c) => c,
+                Err(e) => return Outcome::unknown(Cause::RuntimeUnreachable, e.message()),
+            };
+            let work = Self::exec_in(client, container.to_owned(), command.to_vec(), timeout);
             match self.on_main(work).await {
                 Ok(Ok(finished)) => judge(&finished, timeout, "killed"),
                 Ok(Err(e)) => Outcome::unknown(Cause::RuntimeUnreachable, e.message()),
@@ -719,7 +747,7 @@ impl ActionExecutor for RestartContainer {
             if let Some(why) = container.on_hold() {
                 return Err(ActionError::Failed(format!("not restarted: {why}")));
             }
-            let client = docker.client.clone();
+            let client = docker.client().map_err(|e| ActionError::Failed(e.message()))?;
             let id = container.id.clone();
             docker.mark_restarting(&id, true);
             let t = i32::try_from(docker.stop_timeout.as_secs()).unwrap_or(i32::MAX);

@@ -270,8 +270,9 @@ pub async fn collect(docker: DockerRuntime, config: StatsConfig, cancel: Cancell
             docker.containers().into_iter().filter(|c| c.state == RunState::Running).map(|c| c.id).collect();
         let samples: Vec<(String, Option<ContainerStatsResponse>)> = futures_util::stream::iter(running)
             .map(|id| {
-                let client = docker.client.clone();
+                let client = docker.client();
                 async move {
+                    let Ok(client) = client else { return (id, None) };
                     let options = StatsOptionsBuilder::default().stream(false).one_shot(true).build();
                     let answer = client.stats(&id, Some(options)).next().await;
                     (id, answer.and_then(Result::ok))

@@ -55,7 +55,7 @@ pub async fn watch(docker: DockerRuntime, cancel: CancellationToken) {
 }
 
 async fn follow(docker: &DockerRuntime) -> Result<(), DockerError> {
-    let client = &docker.client;
+    let client = &docker.client()?;
     client.ping().await.map_err(DockerError::Ping)?;
     // Events since just before the listing: whatever happens while listing is replayed, and an
     // event seen twice only costs an inspect.
@@ -150,7 +150,14 @@ async fn apply(docker: &DockerRuntime, event: EventMessage) {
             }
         }
         Effect::Inspect | Effect::InspectStoppedByOwner | Effect::InspectStarted => {
-            let response = match docker.client.inspect_container(&id, None).await {
+            let client = match docker.client() {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(container = %id, "cannot inspect: {}", e.message());
+                    return;
+                }
+            };
+            let response = match client.inspect_container(&id, None).await {
                 Ok(r) => r,
                 Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
                     if docker.write().containers.remove(&id).is_some() {
