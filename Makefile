@@ -3,7 +3,7 @@
 CARGO ?= cargo
 export PATH := $(CURDIR)/target/tools/bin:$(PATH)
 
-.PHONY: run test test-deps image dev-cluster dev-apiserver bench bench-docker crds lint fmt
+.PHONY: run test test-deps image dev-cluster dev-apiserver bench bench-docker crds manifests lint fmt
 
 ## run: the standalone agent on this machine, with examples/standalone (API on 127.0.0.1:9733)
 run:
@@ -47,9 +47,15 @@ bench-docker:
 	tests/fixtures/docker-engine.sh ensure
 	$(CARGO) bench --locked --bench containers; status=$$?; tests/fixtures/docker-engine.sh down; exit $$status
 
-## crds: regenerate crds/ from the Rust types
+## crds: regenerate crds/ (and the chart's and kustomize base's copies) from the Rust types
 crds:
 	VIGIL_UPDATE_CRDS=1 $(CARGO) test --locked --test crds committed_crds_are_current
+
+## manifests: regenerate the kustomize base manifests/ from the Helm chart's default rendering
+manifests:
+	tests/fixtures/k8s.sh build
+	status=0; tests/fixtures/k8s.sh up && VIGIL_UPDATE_MANIFESTS=1 $(CARGO) test --locked --test packaging \
+	  the_kustomize_base_is_the_chart_with_its_defaults || status=$$?; tests/fixtures/k8s.sh down; exit $$status
 
 lint:
 	$(CARGO) fmt --check

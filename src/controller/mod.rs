@@ -228,6 +228,18 @@ impl ControllerMetrics {
                 &["namespace", "healthcheck"],
             )?,
         };
+        // Every known label value from the start, so that a rate or an alert over them has a
+        // series before the first event.
+        for outcome in ["evicted", "refused", "failed"] {
+            m.evictions.with_label_values(&[outcome]);
+        }
+        for result in ["ok", "error"] {
+            m.status_writes.with_label_values(&[result]);
+            m.collected.with_label_values(&[result]);
+        }
+        for category in ["watch", "write"] {
+            m.errors.with_label_values(&[category]);
+        }
         registry.register(Box::new(m.reconciles.clone()))?;
         registry.register(Box::new(m.status_writes.clone()))?;
         registry.register(Box::new(m.errors.clone()))?;

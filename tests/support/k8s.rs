@@ -70,33 +70,100 @@ pub async fn control_plane() -> &'static ControlPlane {
     tokio::task::spawn_blocking(ControlPlane::shared).await.unwrap()
 }
 
-/// vigil's own access rules (`manifests/rbac.yaml` and `manifests/admission-policy.yaml`) for an
-/// install in `namespace`: the ServiceAccounts, Roles and bindings there, the ClusterRoles and
-/// the admission policy as shipped, and ClusterRoleBindings of the namespace's own name (so that
-/// tests in other namespaces do not take each other's).
+/// `helm` of the pinned version, with folders of its own for its cache and configuration.
+#[allow(dead_code)] // each test binary uses its part
+#[derive(Debug)]
+pub struct Helm {
+    pub bin: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub home: PathBuf,
+}
+
+#[allow(dead_code)]
+impl Helm {
+    /// `helm` for the control plane's admin kubeconfig; `home` holds its cache and configuration.
+    pub fn new(plane: &ControlPlane, home: &Path) -> Helm {
+        Helm { bin: plane.bin("helm"), kubeconfig: plane.kubeconfig(), home: home.to_owned() }
+    }
+
+    /// Runs it in the repository; returns whether it succeeded, its stdout and its stderr.
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", self.home.join("cache"))
+            .env("HELM_CONFIG_HOME", self.home.join("config"))
+            .env("HELM_DATA_HOME", self.home.join("data"))
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e} (tests/fixtures/k8s.sh build makes it)", self.bin.display()));
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    }
+
+    /// Runs and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.run(args);
+        assert!(ok, "helm {} failed:\n{stdout}{stderr}", args.join(" "));
+        stdout
+    }
+
+    /// `helm template vigil charts/vigil --namespace <namespace> <args>`: the text.
+    pub fn template(&self, namespace: &str, args: &[&str]) -> String {
+        let mut all = vec!["template", "vigil", "charts/vigil", "--namespace", namespace];
+        all.extend_from_slice(args);
+        self.ok(&all)
+    }
+
+    /// The chart rendered as objects.
+    pub fn render(&self, namespace: &str, args: &[&str]) -> Vec<serde_json::Value> {
+        objects(&self.template(namespace, args))
+    }
+}
+
+/// The objects of a multi-document YAML text (empty documents left out).
+#[allow(dead_code)]
+pub fn objects(text: &str) -> Vec<serde_json::Value> {
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).unwrap_or_else(|e| panic!("not YAML: {e}\n{text}"));
+    docs.into_iter().filter(|d| d.is_object()).collect()
+}
+
+/// vigil's own access rules, rendered from the chart (its ServiceAccounts, RBAC and admission
+/// policy) for an install in `namespace`. The cluster-scoped objects take the namespace's name
+/// as a prefix, so that tests in other namespaces, and the chart's own install test, keep theirs.
 #[allow(dead_code)] // each test binary uses its part
 pub fn install_vigil_access(plane: &ControlPlane, namespace: &str, cache: &Path) {
     let kubectl = Kubectl::new(&plane.kubeconfig(), cache);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
-    let mut text = String::new();
-    for file in ["rbac.yaml", "admission-policy.yaml"] {
-        let manifest = std::fs::read_to_string(root.join(file)).unwrap();
-        for doc in manifest.split("\n---\n") {
-            let doc = doc.replace("namespace: vigil-system", &format!("namespace: {namespace}"));
-            let doc = if doc.contains("kind: ClusterRoleBinding") {
-                doc.replacen(
-                    "metadata:\n  name: vigil-",
-                    &format!("metadata:\n  name: {namespace}-vigil-"),
-                    1,
-                )
-            } else {
-                doc
-            };
-            text.push_str(&doc);
-            text.push_str("\n---\n");
+    let helm = Helm::new(plane, cache);
+    let mut objects = helm.render(
+        namespace,
+        &[
+            "--show-only",
+            "templates/serviceaccounts.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
+            "--show-only",
+            "templates/admission-policy.yaml",
+        ],
+    );
+    for o in &mut objects {
+        let prefixed =
+            |v: &serde_json::Value| serde_json::json!(format!("{namespace}-{}", v.as_str().unwrap()));
+        if o["metadata"]["namespace"].is_null() {
+            o["metadata"]["name"] = prefixed(&o["metadata"]["name"]);
+        }
+        match o["kind"].as_str() {
+            Some("ClusterRoleBinding") => o["roleRef"]["name"] = prefixed(&o["roleRef"]["name"]),
+            Some("ValidatingAdmissionPolicyBinding") => {
+                o["spec"]["policyName"] = prefixed(&o["spec"]["policyName"]);
+            }
+            _ => {}
         }
     }
-    kubectl.ok_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &text);
+    assert!(objects.len() >= 12, "the chart's access rules: {objects:?}");
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    kubectl.ok_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &list.to_string());
 }
 
 /// Writes a kubeconfig for the server and CA of `base` that presents `token` and nothing else.
