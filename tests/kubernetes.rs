@@ -379,7 +379,7 @@ where
     }
 }
 
-/// `manifests/admission-policy.yaml` on the real API server: with tokens bound to agent Pods on
+/// The chart's admission policy on the real API server: with tokens bound to agent Pods on
 /// three nodes (the node's name is in each token), an agent writes its own node's InstanceStatus
 /// and Lease and nobody else's; a token of the agent's ServiceAccount without the claim writes
 /// nothing.
@@ -525,7 +525,7 @@ async fn an_agent_writes_only_its_own_nodes_objects() {
     plane.delete_namespace(&namespace).await.unwrap();
 }
 
-/// `manifests/rbac.yaml` grants each component what it uses and nothing more: with real tokens
+/// The chart's RBAC grants each component what it uses and nothing more: with real tokens
 /// of the two ServiceAccounts, what the other component does, or neither does, is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_component_is_refused_what_its_role_does_not_grant() {
@@ -818,8 +818,8 @@ async fn start_agent(
     tokio::task::block_in_place(|| support::agent::Agent::start_in_cluster(dir, &kubeconfig, node, &args))
 }
 
-/// vigil's RBAC and admission policy (`manifests/`) for an install in `namespace`: the tests'
-/// agents and controllers run with the tokens of its ServiceAccounts only.
+/// vigil's ServiceAccounts, RBAC and admission policy, rendered from the chart, for an install in
+/// `namespace`: the tests' agents and controllers run with the tokens of its ServiceAccounts only.
 async fn install_access(plane: &'static ControlPlane, namespace: &str) {
     let namespace = namespace.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -1576,7 +1576,7 @@ async fn the_api_server_judges_who_reads_an_agents_sensitive_routes() {
     let (stranger, reader) = (token("stranger").await, token("reader").await);
     let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(json!({
         "metadata": {"name": format!("{namespace}-reader")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "vigil-node-reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{namespace}-vigil-node-reader")},
         "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
     }))
     .unwrap();
@@ -1894,4 +1894,236 @@ async fn a_fleet_of_three_nodes_end_to_end() {
         nodes_api.delete(name, &Default::default()).await.unwrap();
     }
     plane.delete_namespace(&namespace).await.unwrap();
+}
+
+/// A real Prometheus (Debian's) scrapes a real agent and controller with the chart's scrape
+/// settings (the ServiceMonitor's job names, `honorLabels` and the `node` label, as a static
+/// configuration; a 1 s interval instead of 30 s), loads the chart's alert rules, and answers every
+/// query of the dashboard and every series an alert rule selects: the dashboard and the alerts
+/// use only what vigil exports, with the labels it exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_vigil_and_every_dashboard_and_alert_query_answers() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use serde_json::Value;
+    use support::servers::HttpTarget;
+
+    let _turn = AGENTS.lock().await;
+    let (plane, namespace, client) = with_access("prom").await;
+    let node = format!("{namespace}-n1");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("acted");
+    let web = HttpTarget::start().await;
+    let checks: Api<HealthCheck> = Api::namespaced(client.clone(), &namespace);
+    for check in [
+        json!({"apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck", "metadata": {"name": "web"},
+               "spec": {"target": {"endpoints": {"addresses": [web.address()]}},
+                        "probe": {"http": {"path": "/"}, "periodSeconds": 1}}}),
+        json!({"apiVersion": "vigil.dev/v1alpha1", "kind": "HealthCheck", "metadata": {"name": "disk"},
+               "spec": {"target": {"host": {}},
+                        "probe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 1},
+                        "action": {"type": "exec", "exec": {"command": ["touch", marker.display().to_string()]},
+                                   "backoff": {"initialSeconds": 1}}}}),
+    ] {
+        let check: HealthCheck = serde_json::from_value(check).unwrap();
+        checks.create(&PostParams::default(), &check).await.unwrap();
+    }
+    // A node whose agent fell silent long ago: its Lease, not renewed for ten minutes.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    let stale = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(600);
+    let ghost: Lease = serde_json::from_value(json!({
+        "metadata": {"name": format!("vigil-agent-{namespace}-ghost"), "labels": {"vigil.dev/node": format!("{namespace}-ghost")}},
+        "spec": {"holderIdentity": "ghost", "leaseDurationSeconds": 40, "renewTime": stale.to_string()},
+    }))
+    .unwrap();
+    leases.create(&PostParams::default(), &ghost).await.unwrap();
+    let (_controller, controller_port) = start_controller(plane, &namespace, dir.path(), &[]).await;
+    let agent =
+        start_agent(plane, &namespace, &node, &plane.kubeconfig(), &dir.path().join("agent"), &[]).await;
+    eventually("the exec action ran", Duration::from_secs(60), || async { marker.exists().then_some(()) })
+        .await;
+
+    let prometheus_dir = dir.path().join("prometheus");
+    std::fs::create_dir_all(&prometheus_dir).unwrap();
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/vigil/files/alerts.yaml");
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+         rule_files: [{rules}]\n\
+         scrape_configs:\n\
+         - job_name: vigil-agent\n  honor_labels: true\n  metrics_path: /metrics\n  static_configs:\n  - targets: ['{agent}']\n    labels: {{node: {node}}}\n\
+         - job_name: vigil-controller\n  honor_labels: true\n  metrics_path: /metrics\n  static_configs:\n  - targets: ['127.0.0.1:{controller_port}']\n",
+        rules = rules.display(),
+        agent = agent.addr,
+    );
+    std::fs::write(prometheus_dir.join("prometheus.yml"), config).unwrap();
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin");
+    let port = support::agent::free_port();
+    let log = std::fs::File::create(prometheus_dir.join("prometheus.log")).unwrap();
+    let child = std::process::Command::new(tools.join("prometheus"))
+        .arg(format!("--config.file={}", prometheus_dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", prometheus_dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("prometheus: {e} (tests/fixtures/tools.sh extracts it)"));
+    let _prometheus = ControllerProcess(child);
+    let server = format!("http://127.0.0.1:{port}");
+    let query = |expr: String| {
+        let (tools, server) = (tools.clone(), server.clone());
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(tools.join("promtool"))
+                    .args(["query", "instant", "-o", "json", &server, &expr])
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            if !out.status.success() {
+                return None;
+            }
+            let result: Value = serde_json::from_slice(&out.stdout).ok()?;
+            result.as_array().filter(|r| !r.is_empty()).cloned()
+        }
+    };
+    let prometheus_log =
+        || std::fs::read_to_string(prometheus_dir.join("prometheus.log")).unwrap_or_default();
+    eventually("Prometheus scrapes both", Duration::from_secs(60), || {
+        query("count(up == 1) == 2".to_owned())
+    })
+    .await;
+    // Rates over two scrapes and more, and the controller's view of the ghost.
+    eventually("the controller reports the silent node", Duration::from_secs(30), || {
+        query(format!("vigil_controller_silent_agent{{node=\"{namespace}-ghost\"}}"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rules_loaded = query("count(ALERTS) or vector(0)".to_owned()).await;
+    assert!(rules_loaded.is_some(), "{}", prometheus_log());
+
+    // The dashboard: every query answers, its variables set to "all".
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/vigil/files/dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("expr", Value::String(e)) => out.push(e.clone()),
+                        ("definition", Value::String(e)) if e.starts_with("label_values(") => {
+                            out.push(e.clone())
+                        }
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    let mut failed = Vec::new();
+    for expr in &exprs {
+        // Grafana's label_values(selector, label): the selector must have series with the label.
+        let promql = match expr.strip_prefix("label_values(").and_then(|e| e.strip_suffix(')')) {
+            Some(inner) => {
+                let (selector, label) = inner.rsplit_once(',').unwrap();
+                format!("count by ({label}) ({selector})")
+            }
+            None => expr.clone(),
+        };
+        let promql = promql.replace("$node", ".*").replace("$namespace", ".*").replace("$healthcheck", ".*");
+        if query(promql.clone()).await.is_none() {
+            failed.push(promql);
+        }
+    }
+    assert!(failed.is_empty(), "dashboard queries without data:\n{}", failed.join("\n"));
+
+    // The alert rules: every series each selects exists (the conditions themselves are not met
+    // here; tests/alerts/ tests when they fire).
+    let alerts: Value = serde_saphyr::from_str(&std::fs::read_to_string(&rules).unwrap()).unwrap();
+    let mut selected = Vec::new();
+    for group in alerts["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            for s in selectors(rule["expr"].as_str().unwrap()) {
+                selected.push((rule["alert"].as_str().unwrap().to_owned(), s));
+            }
+        }
+    }
+    assert!(selected.len() >= 8, "{selected:?}");
+    for (alert, s) in &selected {
+        if query(format!("count({s})")).await.is_none() {
+            failed.push(format!("{alert}: {s}"));
+        }
+    }
+    assert!(failed.is_empty(), "alert rules selecting nothing:\n{}", failed.join("\n"));
+    // Every metric name the dashboard and the rules use is one vigil exports.
+    let exported = format!("{}{}", agent.get("/metrics").1, metrics_of(controller_port));
+    for expr in exprs.iter().chain(selected.iter().map(|(_, s)| s)) {
+        for name in metric_names(expr) {
+            assert!(
+                exported.contains(&format!("# TYPE {name} ")) || name == "up",
+                "{name} (in {expr}) is not exported"
+            );
+        }
+    }
+    drop(agent);
+}
+
+/// The vector selectors of a PromQL expression (`name` or `name{…}`), function names left out.
+fn selectors(expr: &str) -> Vec<String> {
+    let bytes: Vec<char> = expr.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == '_') {
+                i += 1;
+            }
+            let word: String = bytes[start..i].iter().collect();
+            let next = bytes.get(i).copied();
+            let is_metric = word.starts_with("vigil_") || word.starts_with("process_") || word == "up";
+            if is_metric {
+                if next == Some('{') {
+                    let end = bytes[i..].iter().position(|&c| c == '}').unwrap() + i;
+                    out.push(bytes[start..=end].iter().collect());
+                    i = end + 1;
+                } else {
+                    out.push(word);
+                }
+            }
+        } else if c == '"' {
+            // Skip strings: label values are not selectors.
+            i += 1;
+            while i < bytes.len() && bytes[i] != '"' {
+                i += 1;
+            }
+            i += 1;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The metric names of a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    selectors(expr)
+        .into_iter()
+        .map(|s| {
+            let name = s.split('{').next().unwrap().to_owned();
+            // A histogram's series are exported as name_bucket, name_sum and name_count.
+            name.strip_suffix("_bucket").map(str::to_owned).unwrap_or(name)
+        })
+        .collect()
 }
