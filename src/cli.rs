@@ -170,6 +170,15 @@ pub struct AgentArgs {
     #[arg(long, default_value = "/", env = "VIGIL_HOST_ROOT")]
     pub host_root: PathBuf,
 
+    /// The `smartctl` program (Debian's smartmontools) that disk health is asked of; without it,
+    /// disk health is insufficient-data.
+    #[arg(long, default_value = "smartctl")]
+    pub smartctl: PathBuf,
+
+    /// How often the disks are asked for their SMART health.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub smart_interval: Duration,
+
     /// File holding a bearer token that also grants access to sensitive routes (logs,
     /// configuration) from other hosts. Without it, they are served to loopback callers only.
     #[arg(long, env = "VIGIL_API_TOKEN_FILE")]
@@ -256,7 +265,7 @@ pub struct ControllerArgs {
 /// `vigil check`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
-    /// What to probe: `http://host:port/path`, `https://…`, `tcp://host:port`,
+    /// What to probe: `http://host:port/path`, `https://…`, `tcp://host:port`, `icmp://host`,
     /// `grpc://host:port[/service]`, `exec:command args…`.
     #[arg(required_unless_present = "file", conflicts_with = "file")]
     pub target: Option<String>,

@@ -106,6 +106,10 @@ pub struct AgentConfig {
     pub pressure: PressureThresholds,
     /// Where the host's root filesystem is seen (`/`, or the host's `/` mounted into a container).
     pub host_root: PathBuf,
+    /// The `smartctl` program.
+    pub smartctl: PathBuf,
+    /// How often the disks are asked for their SMART health, seconds.
+    pub smart_interval_seconds: f64,
     /// Token file for sensitive routes (its content is never served).
     pub api_token_file: Option<PathBuf>,
     /// HTTP server limits.
@@ -164,6 +168,9 @@ pub enum AgentError {
     /// The probe threads could not be started.
     #[error("cannot start the probe threads")]
     ProbeThreads(#[source] std::io::Error),
+    /// The first assessment of the host did not finish (it panicked).
+    #[error("the first host assessment failed: {0}")]
+    HostMonitor(String),
     /// The Docker runtime could not be set up.
     #[error(transparent)]
     Docker(#[from] crate::docker::DockerError),
@@ -215,6 +222,8 @@ impl AgentConfig {
             memory_pressure_mb,
             disk_pressure_percent,
             host_root,
+            smartctl,
+            smart_interval,
             api_token_file,
             docker_socket,
             no_docker,
@@ -272,6 +281,8 @@ impl AgentConfig {
                 ..PressureThresholds::default()
             },
             host_root,
+            smartctl,
+            smart_interval_seconds: smart_interval.as_secs_f64(),
             api_token_file,
             server: ServerConfig::default(),
             docker_socket,
@@ -634,7 +645,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         }
     };
     let view = Arc::new(ViewCollector::new(store.clone()));
-    store.set_host_health(host::assess(&config.pressure, &watched, &config.host_root));
+    let monitor = Arc::new(std::sync::Mutex::new(host::HostMonitor::new(
+        config.pressure.clone(),
+        watched,
+        config.host_root.clone(),
+        config.smartctl.clone(),
+        secs(config.smart_interval_seconds),
+    )));
+    let first = monitor.clone();
+    let first = tokio::task::spawn_blocking(move || {
+        first.lock().unwrap_or_else(std::sync::PoisonError::into_inner).assess()
+    });
+    store.set_host_health(first.await.map_err(|e| AgentError::HostMonitor(e.to_string()))?);
 
     let docker = match &config.docker_socket {
         Some(socket) => {
@@ -812,8 +834,6 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     {
         let store = store.clone();
         let cancel = cancel.clone();
-        let pressure = config.pressure.clone();
-        let root = config.host_root.clone();
         let period = secs(config.host_interval_seconds);
         tasks.spawn(
             async move {
@@ -824,9 +844,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                         () = cancel.cancelled() => return ("host monitor", Ok(())),
                         _ = tick.tick() => {}
                     }
-                    let (pressure, watched, root) = (pressure.clone(), watched.clone(), root.clone());
-                    match tokio::task::spawn_blocking(move || host::assess(&pressure, &watched, &root)).await
-                    {
+                    let monitor = monitor.clone();
+                    let assessed = tokio::task::spawn_blocking(move || {
+                        monitor.lock().unwrap_or_else(std::sync::PoisonError::into_inner).assess()
+                    });
+                    match assessed.await {
                         Ok(h) => store.set_host_health(h),
                         Err(e) => return ("host monitor", Err(e.to_string())),
                     }

@@ -134,7 +134,8 @@ impl Observation {
 /// The host's System and Attached-volume observations.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostHealth {
-    /// `memory-pressure`, `disk-pressure`.
+    /// `memory-pressure`, `disk-pressure`, and with [`HostMonitor`] `cpu-temperature`,
+    /// `cpu-throttling` and `disk-health:<device>`.
     pub system: Vec<Observation>,
     /// One per mounted block-device filesystem.
     pub volumes: Vec<Observation>,
@@ -149,6 +150,47 @@ pub fn assess(thresholds: &PressureThresholds, paths: &[PathBuf], root: &Path) -
     HostHealth {
         system: vec![memory(thresholds, root), disk(thresholds, paths)],
         volumes: volumes(paths, root),
+    }
+}
+
+/// The host's assessment over time: [`assess`] plus the hardware details, which need memory
+/// between rounds (the throttle counters, the last SMART answers).
+#[derive(Debug)]
+pub struct HostMonitor {
+    thresholds: PressureThresholds,
+    paths: Vec<PathBuf>,
+    root: PathBuf,
+    throttling: super::hardware::Throttling,
+    disks: super::hardware::DiskHealth,
+}
+
+impl HostMonitor {
+    /// A monitor of the host seen under `root`, asking `smartctl` about the disks at most once
+    /// per `smart_interval`.
+    pub fn new(
+        thresholds: PressureThresholds,
+        paths: Vec<PathBuf>,
+        root: PathBuf,
+        smartctl: PathBuf,
+        smart_interval: std::time::Duration,
+    ) -> HostMonitor {
+        HostMonitor {
+            thresholds,
+            paths,
+            root,
+            throttling: super::hardware::Throttling::default(),
+            disks: super::hardware::DiskHealth::new(smartctl, smart_interval),
+        }
+    }
+
+    /// Assesses the host now (blocking: reads files and may run `smartctl`).
+    pub fn assess(&mut self) -> HostHealth {
+        let now = std::time::Instant::now();
+        let mut health = assess(&self.thresholds, &self.paths, &self.root);
+        health.system.push(super::hardware::temperature(&self.root));
+        health.system.push(self.throttling.assess(&self.root, now));
+        health.system.extend(self.disks.assess(now));
+        health
     }
 }
 

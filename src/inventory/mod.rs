@@ -3,6 +3,7 @@
 //! The host itself is always an instance; endpoints become instances when a check names them;
 //! containers, VMs and pods come from their runtimes.
 
+pub mod hardware;
 pub mod host;
 pub mod pods;
 
