@@ -13,6 +13,7 @@ use crate::model;
 use crate::probe::exec::ExecSpec;
 use crate::probe::grpc::GrpcSpec;
 use crate::probe::http::{BodyMatcher, HttpSpec};
+use crate::probe::icmp::IcmpSpec;
 use crate::probe::tcp::TcpSpec;
 use crate::probe::{Outcome, PortRef, ProbeSpec, Prober, Report, Target, human};
 use crate::source::folder;
@@ -39,7 +40,9 @@ pub fn parse_target(target: &str, args: &CheckArgs) -> Result<(ProbeSpec, Target
     }
     let uri: Uri = target.parse().map_err(|e| format!("{target:?} is not a URL: {e}"))?;
     let scheme = uri.scheme_str().ok_or_else(|| {
-        format!("{target:?} has no scheme: use http://, https://, tcp://, grpc://, grpcs:// or exec:")
+        format!(
+            "{target:?} has no scheme: use http://, https://, tcp://, icmp://, grpc://, grpcs:// or exec:"
+        )
     })?;
     let authority = uri.authority().ok_or_else(|| format!("{target:?} has no host"))?;
     let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
@@ -64,6 +67,12 @@ pub fn parse_target(target: &str, args: &CheckArgs) -> Result<(ProbeSpec, Target
             }
             ProbeSpec::Tcp(TcpSpec { port: None })
         }
+        "icmp" => {
+            if port.is_some() {
+                return Err(format!("{target:?}: icmp:// takes no port"));
+            }
+            ProbeSpec::Icmp(IcmpSpec::default())
+        }
         "grpc" | "grpcs" => {
             if port.is_none() {
                 return Err(format!("{target:?}: {scheme}:// needs a port"));
@@ -75,7 +84,11 @@ pub fn parse_target(target: &str, args: &CheckArgs) -> Result<(ProbeSpec, Target
                 insecure_skip_verify: args.insecure,
             })
         }
-        other => return Err(format!("unknown scheme {other:?}: use http, https, tcp, grpc, grpcs or exec:")),
+        other => {
+            return Err(format!(
+                "unknown scheme {other:?}: use http, https, tcp, icmp, grpc, grpcs or exec:"
+            ));
+        }
     };
     Ok((spec, t, target.to_owned()))
 }

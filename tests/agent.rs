@@ -348,7 +348,7 @@ fn bad_documents_are_reported_and_the_rest_keeps_running() {
         "{reasons:#?}"
     );
     assert!(
-        reasons.iter().any(|r| r.contains("bad.yaml document 3 (HealthCheck default/double): spec.probe: exactly one of http, tcp, grpc, exec, docker, qmp must be set; found http and tcp")),
+        reasons.iter().any(|r| r.contains("bad.yaml document 3 (HealthCheck default/double): spec.probe: exactly one of http, tcp, grpc, icmp, exec, docker, qmp must be set; found http and tcp")),
         "{reasons:#?}"
     );
     let id = endpoint_id(&address);
@@ -746,4 +746,117 @@ fn readiness_waits_for_a_source_that_has_not_listed_and_gives_up_after_the_sync_
     assert!(reasons.contains("not done at start-up: Docker containers listed"), "{reasons}");
     assert!(reasons.contains("Docker daemon"), "{reasons}");
     drop(held);
+}
+
+/// `vigil check icmp://…` in a network namespace of its own (`unshare --net`, loopback up), in
+/// each of the ways the host can let it ping: an unprivileged ICMP datagram socket where
+/// `net.ipv4.ping_group_range` allows it, a raw socket with `CAP_NET_RAW` where it does not,
+/// and neither — then the probe could not run, and says which setting to change.
+#[test]
+fn icmp_probes_ping_with_the_socket_the_host_allows() {
+    let vigil = env!("CARGO_BIN_EXE_vigil");
+    let in_netns = |setup: &str, check: &str| {
+        let script = format!("ip link set lo up && {setup} {vigil} check --verbose {check}");
+        let out = Command::new("unshare").args(["--net", "sh", "-c", &script]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let open = "sysctl -q -w net.ipv4.ping_group_range='0 2147483647' &&";
+    for target in ["icmp://127.0.0.1", "icmp://[::1]"] {
+        let (code, out) = in_netns(open, target);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("3/3 replies, 0% loss"), "{out}");
+        assert!(out.contains("datagram icmp socket"), "unprivileged: {out}");
+    }
+    // ping_group_range as a fresh namespace has it ("1 0": nobody), but root's CAP_NET_RAW.
+    let (code, out) = in_netns("", "icmp://127.0.0.1");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("raw icmp socket") && out.contains("3/3 replies"), "{out}");
+    // Neither: exit 2 (could not run), naming the setting.
+    let (code, out) =
+        in_netns("exec setpriv --inh-caps=-net_raw --bounding-set=-net_raw", "icmp://127.0.0.1");
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("could not run (local-error)") && out.contains("net.ipv4.ping_group_range is \"1 0\""),
+        "{out}"
+    );
+    assert!(out.contains("CAP_NET_RAW"), "{out}");
+    // No route: unhealthy at once; a route but nobody answering: every request lost.
+    let (code, out) = in_netns(open, "icmp://10.1.2.3");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unhealthy (unreachable)"), "{out}");
+    let (code, out) = in_netns(
+        &format!(
+            "ip link add v0 type veth peer name v1 && ip addr add 10.9.0.1/24 dev v0 && \
+             ip link set v0 up && ip link set v1 up && {open}"
+        ),
+        "--timeout 1s icmp://10.9.0.2",
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unhealthy (timeout)") && out.contains("0/3 replies, 100% loss"), "{out}");
+}
+
+/// The host's hardware in its System check, read under `--host-root` (a fixture tree standing
+/// for a host with a hot CPU) and from `--smartctl` (here a stand-in answering in smartctl's JSON
+/// for a disk with pending sectors): each is a detail of every instance's System check, and
+/// impairs it.
+#[test]
+fn the_hosts_temperature_throttling_and_disks_are_in_its_system_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("host");
+    let write = |path: &str, text: &str| {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write("sys/class/thermal/thermal_zone0/type", "x86_pkg_temp\n");
+    write("sys/class/thermal/thermal_zone0/temp", "101000\n");
+    write("sys/class/thermal/thermal_zone0/trip_point_0_type", "critical\n");
+    write("sys/class/thermal/thermal_zone0/trip_point_0_temp", "100000\n");
+    write("sys/devices/system/cpu/cpu0/thermal_throttle/core_throttle_count", "12\n");
+    let smartctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smart/smartctl.sh");
+    let agent = Agent::start(
+        &dir.path().join("agent"),
+        &["--host-root", root.to_str().unwrap(), "--smartctl", smartctl.to_str().unwrap()],
+    );
+    let host = agent.instance("host-test-node");
+    let system = &host["status"]["systemStatus"];
+    assert_eq!(system["status"], "impaired", "{system}");
+    let detail = |name: &str| {
+        system["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {system}"))
+    };
+    assert_eq!(detail("cpu-temperature")["status"], "impaired");
+    assert!(detail("cpu-temperature")["message"].as_str().unwrap().contains("101.0 °C"), "{system}");
+    assert_eq!(detail("cpu-throttling")["status"], "ok", "counters seen once have not grown");
+    let disk = detail("disk-health:sdb");
+    assert_eq!(disk["status"], "impaired");
+    assert!(disk["message"].as_str().unwrap().contains("8 pending sectors"), "{disk}");
+    assert!(disk["impairedSince"].is_string(), "{disk}");
+}
+
+/// The real smartctl, when installed (tests/fixtures/tools.sh installs Debian's smartmontools):
+/// whatever this machine's disks are, each answer is judged — never an answer that could not be
+/// read.
+#[test]
+fn the_real_smartctl_answers_are_judged() {
+    let Ok(found) = Command::new("smartctl").arg("--version").output() else {
+        panic!("smartctl is not installed (tests/fixtures/tools.sh installs smartmontools)");
+    };
+    assert!(found.status.success());
+    let mut disks = vigil::inventory::hardware::DiskHealth::new("smartctl".into(), Duration::from_secs(60));
+    let details = disks.assess(Instant::now());
+    assert!(!details.is_empty());
+    for d in &details {
+        assert!(d.name.starts_with("disk-health"), "{d:?}");
+        assert!(!d.message.contains("did not answer JSON") && !d.message.contains("cannot run"), "{d:?}");
+        if d.status == vigil::api::CheckStatus::InsufficientData {
+            assert!(d.message.contains("SMART") || d.message.contains("Unable"), "says why: {d:?}");
+        }
+    }
 }

@@ -145,7 +145,7 @@ fn the_schema_refuses_what_the_agent_refuses() {
     let cases = [
         (
             "{target: {host: {}}, probe: {tcp: {port: 1}, http: {}}}",
-            "exactly one of http, tcp, grpc, exec, docker, qmp",
+            "exactly one of http, tcp, grpc, icmp, exec, docker, qmp",
         ),
         (
             "{target: {host: {}, endpoints: {addresses: [a]}}, probe: {tcp: {port: 1}}}",
@@ -162,6 +162,11 @@ fn the_schema_refuses_what_the_agent_refuses() {
         ),
         ("{target: {endpoints: {addresses: []}}, probe: {tcp: {port: 1}}}", "at least 1 items"),
         ("{probe: {tcp: {port: 1}}}", "spec.target: Required value"),
+        ("{target: {host: {}}, probe: {icmp: {count: 21}}}", "spec.probe.icmp.count"),
+        (
+            "{target: {host: {}}, probe: {icmp: {count: 10, intervalMilliseconds: 500}, timeoutSeconds: 2}}",
+            "must fit within timeoutSeconds",
+        ),
     ];
     for (spec, expected) in cases {
         let mut doc = check(spec);

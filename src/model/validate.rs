@@ -20,6 +20,7 @@ use crate::api::{self, ActionType, HealthCheck, Scheme};
 use crate::probe::exec::ExecSpec;
 use crate::probe::grpc::GrpcSpec;
 use crate::probe::http::{BodyMatcher, HttpSpec, StatusRanges};
+use crate::probe::icmp::IcmpSpec;
 use crate::probe::tcp::TcpSpec;
 use crate::probe::{PortRef, ProbeSpec, QmpSpec, is_link_local};
 
@@ -296,6 +297,7 @@ fn probe(errors: &mut Errors, p: &api::Probe, target: Option<&TargetDef>) -> Opt
             ("http", p.http.is_some()),
             ("tcp", p.tcp.is_some()),
             ("grpc", p.grpc.is_some()),
+            ("icmp", p.icmp.is_some()),
             ("exec", p.exec.is_some()),
             ("docker", p.docker.is_some()),
             ("qmp", p.qmp.is_some()),
@@ -361,6 +363,32 @@ fn probe(errors: &mut Errors, p: &api::Probe, target: Option<&TargetDef>) -> Opt
             require_port(errors, "spec.probe.tcp.port", &port, target);
         }
         ProbeSpec::Tcp(TcpSpec { port })
+    } else if let Some(i) = &p.icmp {
+        // Checked here too, so that a folder's YAML gets the CRD's limits.
+        if !(1..=20).contains(&i.count) {
+            errors.add("spec.probe.icmp.count", "must be 1 to 20");
+        }
+        if !(10..=5000).contains(&i.interval_milliseconds) {
+            errors.add("spec.probe.icmp.intervalMilliseconds", "must be 10 to 5000");
+        }
+        if i.max_packet_loss_percent > 99 {
+            errors.add("spec.probe.icmp.maxPacketLossPercent", "must be 0 to 99");
+        }
+        let burst = u64::from(i.count.saturating_sub(1)) * u64::from(i.interval_milliseconds);
+        if burst >= u64::from(p.timeout_seconds) * 1000 {
+            errors.add(
+                "spec.probe.icmp",
+                format!(
+                    "{} requests {} ms apart take {burst} ms, which leaves no time for the last reply within timeoutSeconds {}",
+                    i.count, i.interval_milliseconds, p.timeout_seconds
+                ),
+            );
+        }
+        ProbeSpec::Icmp(IcmpSpec {
+            count: i.count,
+            interval: std::time::Duration::from_millis(u64::from(i.interval_milliseconds)),
+            max_loss_percent: i.max_packet_loss_percent,
+        })
     } else if let Some(g) = &p.grpc {
         let port = g.port.as_ref().and_then(|pt| port(errors, "spec.probe.grpc.port", pt, target));
         if g.port.is_none() {

@@ -7,6 +7,7 @@
 pub mod exec;
 pub mod grpc;
 pub mod http;
+pub mod icmp;
 mod net;
 pub mod tcp;
 mod tls;
@@ -140,6 +141,8 @@ pub enum Reason {
     Io,
     /// A filesystem is fuller than allowed.
     FilesystemFull,
+    /// More echo requests went unanswered than allowed.
+    PacketLoss,
 }
 
 impl Reason {
@@ -167,6 +170,7 @@ impl Reason {
             Reason::GuestAgent => "guest-agent",
             Reason::Io => "io-error",
             Reason::FilesystemFull => "filesystem-full",
+            Reason::PacketLoss => "packet-loss",
         }
     }
 
@@ -268,6 +272,7 @@ pub const ALL_REASONS: &[Reason] = &[
     Reason::GuestAgent,
     Reason::Io,
     Reason::FilesystemFull,
+    Reason::PacketLoss,
 ];
 
 impl fmt::Display for Reason {
@@ -345,6 +350,8 @@ pub enum ProbeSpec {
     Http(http::HttpSpec),
     /// TCP connect.
     Tcp(tcp::TcpSpec),
+    /// ICMP echo.
+    Icmp(icmp::IcmpSpec),
     /// gRPC health.
     Grpc(grpc::GrpcSpec),
     /// A command.
@@ -361,6 +368,7 @@ impl ProbeSpec {
         match self {
             ProbeSpec::Http(_) => "http",
             ProbeSpec::Tcp(_) => "tcp",
+            ProbeSpec::Icmp(_) => "icmp",
             ProbeSpec::Grpc(_) => "grpc",
             ProbeSpec::Exec(_) => "exec",
             ProbeSpec::Docker => "docker",
@@ -522,18 +530,31 @@ impl Prober {
                 }),
                 Err(outcome) => outcome,
             },
-            _ => match tokio::time::timeout_at(deadline, self.run_network(spec, target, &mut trace)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Outcome::unhealthy(Reason::Timeout, format!("no answer within {}", human(timeout))),
-            },
+            _ => {
+                match tokio::time::timeout_at(deadline, self.run_network(spec, target, deadline, &mut trace))
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        Outcome::unhealthy(Reason::Timeout, format!("no answer within {}", human(timeout)))
+                    }
+                }
+            }
         };
         Report { outcome, duration: start.elapsed(), steps: trace.into_steps() }
     }
 
-    async fn run_network(&self, spec: &ProbeSpec, target: &Target, trace: &mut Trace) -> Outcome {
+    async fn run_network(
+        &self,
+        spec: &ProbeSpec,
+        target: &Target,
+        deadline: tokio::time::Instant,
+        trace: &mut Trace,
+    ) -> Outcome {
         match spec {
             ProbeSpec::Http(http) => http::probe(http, target, &self.tls, &self.user_agent, trace).await,
             ProbeSpec::Tcp(tcp) => tcp::probe(tcp, target, trace).await,
+            ProbeSpec::Icmp(icmp) => icmp::probe(icmp, target, deadline, trace).await,
             ProbeSpec::Grpc(grpc) => grpc::probe(grpc, target, &self.tls, &self.user_agent, trace).await,
             ProbeSpec::Exec(_) | ProbeSpec::Docker => {
                 Outcome::unknown(Cause::Internal, "internal error: a runtime probe on the network path")

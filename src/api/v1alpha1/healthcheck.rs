@@ -18,7 +18,7 @@ use super::{CheckStatus, InstanceKind};
     group = "vigil.dev",
     version = "v1alpha1",
     kind = "HealthCheck",
-    doc = "What to check (pods, containers, VMs, the host or fixed endpoints), how (http, tcp, grpc, exec, docker, qmp), how often, and what to do when it fails.",
+    doc = "What to check (pods, containers, VMs, the host or fixed endpoints), how (http, tcp, grpc, icmp, exec, docker, qmp), how often, and what to do when it fails.",
     namespaced,
     status = "HealthCheckStatus",
     shortname = "vhc",
@@ -137,12 +137,15 @@ pub struct EndpointsTarget {
     pub allow_link_local: bool,
 }
 
-/// How targets are probed: exactly one of `http`, `tcp`, `grpc`, `exec`, `docker` or `qmp`, with
-/// the kubelet's timing fields.
+/// How targets are probed: exactly one of `http`, `tcp`, `grpc`, `icmp`, `exec`, `docker` or
+/// `qmp`, with the kubelet's timing fields.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = kube::core::Rule::new(
-    "[has(self.http), has(self.tcp), has(self.grpc), has(self.exec), has(self.docker), has(self.qmp)].exists_one(x, x)"
-).message("exactly one of http, tcp, grpc, exec, docker, qmp must be set"))]
+    "[has(self.http), has(self.tcp), has(self.grpc), has(self.icmp), has(self.exec), has(self.docker), has(self.qmp)].exists_one(x, x)"
+).message("exactly one of http, tcp, grpc, icmp, exec, docker, qmp must be set"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.icmp) || (self.icmp.count - 1) * self.icmp.intervalMilliseconds < self.timeoutSeconds * 1000"
+).message("spec.probe.icmp: count requests intervalMilliseconds apart must fit within timeoutSeconds"))]
 #[serde(rename_all = "camelCase")]
 pub struct Probe {
     /// An HTTP GET; healthy when the status is in `expectedStatus` (and the body matches, if
@@ -157,6 +160,11 @@ pub struct Probe {
     /// A `grpc.health.v1.Health/Check` call; healthy when the answer is `SERVING`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcProbe>,
+
+    /// ICMP echo (ping): a small burst of requests; healthy when no more of them are lost than
+    /// `maxPacketLossPercent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpProbe>,
 
     /// A command: on the node for `host` and `endpoints` targets, inside the container for
     /// `containers`. Healthy when it exits 0.
@@ -312,6 +320,51 @@ pub struct TcpProbe {
     /// endpoint address carries a port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<IntOrString>,
+}
+
+/// An ICMP echo probe. It needs unprivileged ICMP sockets (the agent's group within
+/// `net.ipv4.ping_group_range`) or `CAP_NET_RAW`; without either it reports
+/// `insufficient-data`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IcmpProbe {
+    /// Echo requests per probe. All of them, `intervalMilliseconds` apart, and the wait for the
+    /// last reply must fit within `timeoutSeconds`.
+    #[serde(default = "default_icmp_count")]
+    #[schemars(range(min = 1, max = 20))]
+    pub count: u32,
+
+    /// Milliseconds between two requests.
+    #[serde(default = "default_icmp_interval")]
+    #[schemars(range(min = 10, max = 5000))]
+    pub interval_milliseconds: u32,
+
+    /// The highest share of requests that may go unanswered for the probe to pass, percent.
+    #[serde(default = "default_icmp_loss")]
+    #[schemars(range(min = 0, max = 99))]
+    pub max_packet_loss_percent: u32,
+}
+
+impl Default for IcmpProbe {
+    fn default() -> Self {
+        IcmpProbe {
+            count: default_icmp_count(),
+            interval_milliseconds: default_icmp_interval(),
+            max_packet_loss_percent: default_icmp_loss(),
+        }
+    }
+}
+
+fn default_icmp_count() -> u32 {
+    3
+}
+
+fn default_icmp_interval() -> u32 {
+    200
+}
+
+fn default_icmp_loss() -> u32 {
+    50
 }
 
 /// A gRPC health probe (`grpc.health.v1.Health/Check`).
