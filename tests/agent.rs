@@ -838,6 +838,77 @@ fn the_hosts_temperature_throttling_and_disks_are_in_its_system_check() {
     assert_eq!(disk["status"], "impaired");
     assert!(disk["message"].as_str().unwrap().contains("8 pending sectors"), "{disk}");
     assert!(disk["impairedSince"].is_string(), "{disk}");
+    drop(agent);
+
+    // A host without sensors (a VM): each sensor says so, and the System check is still ok.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(bare.join("proc")).unwrap();
+    std::fs::copy("/proc/meminfo", bare.join("proc/meminfo")).unwrap();
+    let agent = Agent::start(
+        &dir.path().join("agent-bare"),
+        &["--host-root", bare.to_str().unwrap(), "--smartctl", "/nonexistent/smartctl"],
+    );
+    let host = agent.instance("host-test-node");
+    let system = &host["status"]["systemStatus"];
+    assert_eq!(system["status"], "ok", "{system}");
+    for (name, why) in [
+        ("cpu-temperature", "no thermal zones"),
+        ("cpu-throttling", "no throttle counters"),
+        ("disk-health", "smartmontools"),
+    ] {
+        let d = system["details"].as_array().unwrap().iter().find(|d| d["name"] == name).unwrap();
+        assert_eq!(d["status"], "insufficient-data", "{d}");
+        assert!(d["message"].as_str().unwrap().contains(why), "{d}");
+    }
+}
+
+/// `/v1/instances` filters as DescribeInstanceStatus does: by ids, kind, status (of any check or
+/// of one), running only (`includeAll=false`); a wrong filter is a 400 naming it.
+#[test]
+fn instances_are_filtered_like_describe_instance_status() {
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    agent.write_check("good.yaml", &endpoint_http("good", &target.address(), ""));
+    agent.write_check("bad.yaml", &endpoint_http("bad", "127.0.0.1:1", "    failureThreshold: 1\n"));
+    let ids = |query: &str| -> Vec<String> {
+        let doc = agent.json(&format!("/v1/instances{query}"));
+        let mut ids: Vec<String> = doc["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["spec"]["instance"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let good = format!("endpoint-{}--test-node", target.address().replace(':', "-"));
+    let bad = "endpoint-127.0.0.1-1--test-node".to_owned();
+    agent.wait_for("/v1/instances?status=impaired", "the bad endpoint impaired", WAIT, |d| {
+        d["data"].as_array().is_some_and(|a| a.len() == 1)
+    });
+    assert_eq!(ids("?status=impaired"), [bad.as_str()]);
+    assert_eq!(ids("?instanceStatus=impaired&systemStatus=not-applicable"), [bad.as_str()]);
+    assert_eq!(ids("?kind=Endpoint"), [bad.as_str(), good.as_str()]);
+    assert_eq!(ids("?kind=host"), ["host-test-node"]);
+    assert_eq!(
+        ids(&format!("?instanceIds={good},host-test-node")),
+        [good.clone(), "host-test-node".to_owned()]
+    );
+    assert_eq!(ids("?kind=Endpoint&status=ok,initializing"), [good.as_str()]);
+    assert_eq!(ids("?includeAll=false").len(), 3, "all three are running");
+    assert_eq!(ids("").len(), 3);
+    for (query, named) in [
+        ("?status=broken", "broken\\\" is not one of ok, impaired"),
+        ("?kind=Vm2", "Vm2\\\" is not one of Pod, Container, VM, Host, Endpoint"),
+        ("?includeAll=maybe", "includeAll"),
+        ("?instanceId=x", "the filters are instanceIds, kind"),
+    ] {
+        let (code, body) = agent.get(&format!("/v1/instances{query}"));
+        assert_eq!(code, 400, "{query}: {body}");
+        assert!(body.contains(named), "{query}: {body}");
+    }
 }
 
 /// The real smartctl, when installed (tests/fixtures/tools.sh installs Debian's smartmontools):

@@ -535,6 +535,12 @@ fn a_container_stopped_or_paused_by_its_owner_is_left_alone() {
     let stopped = agent.wait_status(&id, "default/owner", "not-applicable", WAIT);
     assert_eq!(stopped["status"]["state"], "stopped");
     assert_eq!(restarts(&stopped), 0);
+    // DescribeInstanceStatus's default: running instances only.
+    let listed = |query: &str| {
+        let doc = agent.json(&format!("/v1/instances{query}"));
+        doc["data"].as_array().unwrap().iter().any(|d| d["spec"]["instance"]["id"] == id.as_str())
+    };
+    assert!(listed("?kind=Container") && !listed("?kind=Container&includeAll=false"), "a stopped container");
     assert_eq!(c.inspect("{{.State.Running}}"), "false", "vigil must not start it again");
 
     // A crash (killed from inside, no stop by its owner) is vigil's to restart.

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,6 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 
 pub use super::state::ApiState;
+use crate::api::{CheckStatus, InstanceKind, InstanceState, InstanceStatus};
 use crate::http::{self, AccessPolicy, Sensitive};
 use crate::inventory::host;
 use crate::metrics;
@@ -127,8 +129,136 @@ async fn config(State(s): State<ApiState>) -> Response {
     data(s.config.as_ref())
 }
 
-async fn instances(State(s): State<ApiState>) -> Response {
-    data(render::instance_docs(&s.store))
+/// The filters of `GET /v1/instances`, as EC2's DescribeInstanceStatus has them. Every filter
+/// takes a comma-separated list; an instance passes when it matches one value of each filter
+/// given.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceFilters {
+    /// Instance ids (or names).
+    instance_ids: Option<String>,
+    /// `Pod`, `Container`, `VM`, `Host`, `Endpoint`.
+    kind: Option<String>,
+    /// The worst of the three status checks.
+    status: Option<String>,
+    /// The System check.
+    system_status: Option<String>,
+    /// The Instance check.
+    instance_status: Option<String>,
+    /// The Attached-volume check.
+    attached_volume_status: Option<String>,
+    /// `false`: running instances only (EC2's default; an endpoint, which has no run state,
+    /// always counts as running); `true` (vigil's default): all.
+    include_all: Option<String>,
+}
+
+const STATUSES: [CheckStatus; 5] = [
+    CheckStatus::Ok,
+    CheckStatus::Impaired,
+    CheckStatus::InsufficientData,
+    CheckStatus::Initializing,
+    CheckStatus::NotApplicable,
+];
+const KINDS: [InstanceKind; 5] = [
+    InstanceKind::Pod,
+    InstanceKind::Container,
+    InstanceKind::Vm,
+    InstanceKind::Host,
+    InstanceKind::Endpoint,
+];
+
+fn list(value: &Option<String>) -> Option<Vec<&str>> {
+    value.as_deref().map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+}
+
+fn statuses(param: &str, value: &Option<String>) -> Result<Option<Vec<CheckStatus>>, String> {
+    let Some(values) = list(value) else { return Ok(None) };
+    values
+        .into_iter()
+        .map(|v| {
+            STATUSES.iter().copied().find(|s| s.as_str() == v).ok_or_else(|| {
+                let allowed: Vec<&str> = STATUSES.iter().map(|s| s.as_str()).collect();
+                format!("{param}: {v:?} is not one of {}", allowed.join(", "))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+impl InstanceFilters {
+    /// The documents that pass, or what is wrong with the filters.
+    fn apply(&self, docs: Vec<InstanceStatus>) -> Result<Vec<InstanceStatus>, String> {
+        let ids = list(&self.instance_ids);
+        let kinds = match list(&self.kind) {
+            None => None,
+            Some(values) => Some(
+                values
+                    .into_iter()
+                    .map(|v| {
+                        KINDS.iter().copied().find(|k| k.as_str().eq_ignore_ascii_case(v)).ok_or_else(|| {
+                            let allowed: Vec<&str> = KINDS.iter().map(|k| k.as_str()).collect();
+                            format!("kind: {v:?} is not one of {}", allowed.join(", "))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let any = statuses("status", &self.status)?;
+        let system = statuses("systemStatus", &self.system_status)?;
+        let instance = statuses("instanceStatus", &self.instance_status)?;
+        let volumes = statuses("attachedVolumeStatus", &self.attached_volume_status)?;
+        let include_all = match self.include_all.as_deref() {
+            None | Some("true") | Some("1") => true,
+            Some("false") | Some("0") => false,
+            Some(other) => return Err(format!("includeAll: {other:?} is not true or false")),
+        };
+        let within = |wanted: &Option<Vec<CheckStatus>>, got: CheckStatus| {
+            wanted.as_ref().is_none_or(|w| w.contains(&got))
+        };
+        Ok(docs
+            .into_iter()
+            .filter(|d| {
+                let i = &d.spec.instance;
+                let s = d.status.clone().unwrap_or_default();
+                ids.as_ref().is_none_or(|ids| ids.iter().any(|x| *x == i.id || *x == i.name))
+                    && kinds.as_ref().is_none_or(|k| k.contains(&i.kind))
+                    && (include_all || s.state == InstanceState::Running || i.kind == InstanceKind::Endpoint)
+                    && within(&system, s.system_status.status)
+                    && within(&instance, s.instance_status.status)
+                    && within(&volumes, s.attached_volume_status.status)
+                    && within(
+                        &any,
+                        CheckStatus::worst([
+                            s.system_status.status,
+                            s.instance_status.status,
+                            s.attached_volume_status.status,
+                        ]),
+                    )
+            })
+            .collect())
+    }
+}
+
+async fn instances(
+    State(s): State<ApiState>,
+    query: Result<Query<InstanceFilters>, QueryRejection>,
+) -> Response {
+    let filters = match query {
+        Ok(Query(f)) => f,
+        Err(e) => {
+            return http::error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{}; the filters are instanceIds, kind, status, systemStatus, instanceStatus, attachedVolumeStatus and includeAll",
+                    e.body_text()
+                ),
+            );
+        }
+    };
+    match filters.apply(render::instance_docs(&s.store)) {
+        Ok(docs) => data(docs),
+        Err(e) => http::error(StatusCode::BAD_REQUEST, e),
+    }
 }
 
 async fn instance(State(s): State<ApiState>, Path(id): Path<String>) -> Response {

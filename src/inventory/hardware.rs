@@ -24,6 +24,13 @@ pub mod names {
     pub const DISK_HEALTH: &str = "disk-health";
 }
 
+/// Whether `detail` is one of these sensors: shown as `insufficient-data` where the host has
+/// none, without making the whole System check so (a VM has no thermal zones; that says nothing
+/// about its health). Impaired, it impairs the check like any other detail.
+pub fn is_sensor(detail: &str) -> bool {
+    detail == names::TEMPERATURE || detail == names::THROTTLING || detail.starts_with(names::DISK_HEALTH)
+}
+
 /// How long the CPU counts as throttled after its counters last grew: one event does not flap
 /// the System check.
 pub const THROTTLE_HOLD: Duration = Duration::from_secs(60);

@@ -136,8 +136,19 @@ impl InstanceEntry {
 
     /// A copy for readers.
     pub(super) fn view(&self, host: &HostDetails) -> InstanceView {
+        // A hardware sensor the host does not have (a VM's thermal zones, a virtio disk's SMART)
+        // is shown as insufficient-data but does not make the whole check so: its impairment
+        // counts, its absence does not.
         let summary = |details: Vec<DetailView>| Summary {
-            status: CheckStatus::worst(details.iter().map(|d| d.status)),
+            status: CheckStatus::worst(
+                details
+                    .iter()
+                    .filter(|d| {
+                        !(d.status == CheckStatus::InsufficientData
+                            && crate::inventory::hardware::is_sensor(&d.name))
+                    })
+                    .map(|d| d.status),
+            ),
             details,
         };
         let system = self.host_system(host).iter().chain(&self.own_system).map(Detail::view).collect();
