@@ -175,6 +175,15 @@ pub struct AgentArgs {
     #[arg(long, default_value = "smartctl")]
     pub smartctl: PathBuf,
 
+    /// POST every event (transitions and actions, as JSON, one per request) to this URL
+    /// (`http://` or `https://`), retrying with backoff; a slow webhook never holds probes up.
+    #[arg(long, value_parser = parse_webhook)]
+    pub events_webhook: Option<::http::Uri>,
+
+    /// Events waiting for the webhook at most; beyond, the oldest are dropped (and counted).
+    #[arg(long, default_value_t = 1000)]
+    pub events_webhook_queue: usize,
+
     /// How often the disks are asked for their SMART health.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub smart_interval: Duration,
@@ -293,6 +302,14 @@ pub struct CheckArgs {
     /// The body must contain this text.
     #[arg(long)]
     pub expect_body: Option<String>,
+}
+
+fn parse_webhook(s: &str) -> Result<::http::Uri, String> {
+    let uri: ::http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err(format!("{s:?}: an http:// or https:// URL with a host")),
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

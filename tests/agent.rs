@@ -931,3 +931,145 @@ fn the_real_smartctl_answers_are_judged() {
         }
     }
 }
+
+/// A webhook on loopback that records the JSON bodies POSTed to it, answering 503 to the first
+/// `refuse` requests (the agent must retry them) and 204 after.
+fn webhook(refuse: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/vigil", listener.local_addr().unwrap());
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    std::thread::spawn(move || {
+        let mut served = 0;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut line, mut length) = (String::new(), 0usize);
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            served += 1;
+            let status = if served <= refuse { "503 Service Unavailable" } else { "204 No Content" };
+            if served > refuse {
+                seen.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            }
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, bodies)
+}
+
+/// The SSE events of a finished `/v1/events` answer: (id, event, data).
+fn sse_events(body: &str) -> Vec<(Option<u64>, String, Value)> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let (mut id, mut event, mut data) = (None, None, None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ").or_else(|| line.strip_prefix("id:")) {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
+                    event = Some(v.trim().to_owned());
+                } else if let Some(v) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+                    data = serde_json::from_str(v.trim()).ok();
+                }
+            }
+            Some((id, event?, data.unwrap_or(Value::Null)))
+        })
+        .collect()
+}
+
+/// Standalone events: every transition and action on `/v1/events` as Server-Sent Events, live
+/// and replayed from `Last-Event-ID`; and POSTed to a webhook, retried when it fails, in order.
+#[test]
+fn events_stream_live_resume_from_their_id_and_reach_a_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("up");
+    let (url, delivered) = webhook(1);
+    let agent = Agent::start(&dir.path().join("agent"), &["--events-webhook", &url]);
+    // A live reader from before anything happened.
+    let addr = agent.addr;
+    let live = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(stream, "GET /v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+        let mut reader = BufReader::new(stream);
+        let (mut line, mut text) = (String::new(), String::new());
+        // Only events whose blank line came count (the fields of the next may be half-read).
+        let complete = |text: &str| sse_events(text.rfind("\n\n").map_or("", |i| &text[..i]));
+        while complete(&text).iter().filter(|(_, e, _)| e == "transition").count() < 2 {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            text.push_str(line.trim_end_matches(['\r', '\n']));
+            text.push('\n');
+        }
+        complete(&text)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let check = format!(
+        "  target:\n    host: {{}}\n  probe:\n    exec:\n      command: [test, -e, {marker:?}]\n    periodSeconds: 1\n    failureThreshold: 1\n",
+        marker = marker.display().to_string()
+    );
+    agent.write_check("flip.yaml", &healthcheck("flip", &check));
+    agent.wait_status("host-test-node", "default/flip", "impaired", WAIT);
+    std::fs::write(&marker, "").unwrap();
+    agent.wait_status("host-test-node", "default/flip", "ok", WAIT);
+
+    let seen = live.join().unwrap();
+    let transitions: Vec<_> = seen.iter().filter(|(_, e, _)| e == "transition").collect();
+    assert_eq!(transitions.len(), 2, "{seen:?}");
+    let (first, second) = (transitions[0], transitions[1]);
+    assert_eq!(first.2["healthCheck"], "default/flip");
+    assert_eq!(first.2["instanceId"], "host-test-node");
+    assert_eq!(first.2["to"], "impaired", "{seen:?}");
+    assert_eq!(first.2["reason"], "exit-code");
+    assert_eq!(second.2["from"], "impaired", "{seen:?}");
+    assert_eq!(second.2["to"], "ok");
+    let (i1, i2) = (first.0.unwrap(), second.0.unwrap());
+    assert!(i2 > i1 && first.2["id"] == i1, "{seen:?}");
+
+    // Replayed: everything kept, or from an id on (the header a reconnecting EventSource sends).
+    let (code, body) = agent.get("/v1/events?since=0&follow=false");
+    assert_eq!(code, 200, "{body}");
+    let all = sse_events(&body);
+    assert!(
+        all.iter().any(|(id, _, _)| *id == Some(i1)) && all.iter().any(|(id, _, _)| *id == Some(i2)),
+        "{body}"
+    );
+    let (code, _, body) =
+        request_full(agent.addr, "GET", "/v1/events?follow=false", &[("Last-Event-ID", &i1.to_string())])
+            .unwrap();
+    assert_eq!(code, 200);
+    let after: Vec<Option<u64>> = sse_events(&body).into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(after.first().copied().flatten(), Some(i2), "{body}");
+    assert!(after.iter().all(|id| id.is_some_and(|id| id > i1)), "{body}");
+    let (code, body) = agent.get("/v1/events?since=zero");
+    assert_eq!(code, 400, "{body}");
+
+    // The webhook refused the first POST: it was retried, and everything came in order.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got: Vec<u64> = delivered.lock().unwrap().iter().filter_map(|b| b["id"].as_u64()).collect();
+        if got.contains(&i2) {
+            assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+            assert!(got.contains(&i1), "the refused one was retried: {got:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the webhook got {got:?}\n{}", agent.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, metrics) = agent.get("/metrics");
+    assert!(metrics.contains("vigil_events_webhook_total{result=\"retried\"} 1"), "{metrics}");
+    assert!(metrics.contains("vigil_events_webhook_total{result=\"dropped\"} 0"), "{metrics}");
+}

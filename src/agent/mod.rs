@@ -6,6 +6,7 @@
 mod access;
 pub mod api;
 mod containers;
+pub mod events;
 mod lease;
 mod state;
 
@@ -108,6 +109,11 @@ pub struct AgentConfig {
     pub host_root: PathBuf,
     /// The `smartctl` program.
     pub smartctl: PathBuf,
+    /// Where events are POSTed, if anywhere.
+    #[serde(serialize_with = "uri_opt")]
+    pub events_webhook: Option<::http::Uri>,
+    /// Events waiting for the webhook at most.
+    pub events_webhook_queue: usize,
     /// How often the disks are asked for their SMART health, seconds.
     pub smart_interval_seconds: f64,
     /// Token file for sensitive routes (its content is never served).
@@ -224,6 +230,8 @@ impl AgentConfig {
             host_root,
             smartctl,
             smart_interval,
+            events_webhook,
+            events_webhook_queue,
             api_token_file,
             docker_socket,
             no_docker,
@@ -283,6 +291,8 @@ impl AgentConfig {
             host_root,
             smartctl,
             smart_interval_seconds: smart_interval.as_secs_f64(),
+            events_webhook,
+            events_webhook_queue,
             api_token_file,
             server: ServerConfig::default(),
             docker_socket,
@@ -894,6 +904,31 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         });
     }
 
+    let event_log = Arc::new(events::EventLog::new(events::CAPACITY));
+    {
+        let (store, log, node, cancel) =
+            (store.clone(), event_log.clone(), config.node_name.clone(), cancel.clone());
+        tasks.spawn(
+            async move {
+                events::follow(store, log, node, cancel.clone()).await;
+                ("event log", if cancel.is_cancelled() { Ok(()) } else { Err("it ended".to_owned()) })
+            }
+            .instrument(info_span!("event log")),
+        );
+    }
+    if let Some(url) = &config.events_webhook {
+        let hook = events::Webhook { url: url.clone(), queue: config.events_webhook_queue };
+        let webhook_metrics = events::WebhookMetrics::register(&registry).map_err(AgentError::Metrics)?;
+        let (log, cancel) = (event_log.clone(), cancel.clone());
+        tasks.spawn(
+            async move {
+                events::deliver(log, hook, webhook_metrics, cancel).await;
+                ("events webhook", Ok(()))
+            }
+            .instrument(info_span!("events webhook")),
+        );
+    }
+
     {
         let config_json = serde_json::to_value(&config).unwrap_or_default();
         let state = api::ApiState {
@@ -905,6 +940,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             metrics: metrics.clone(),
             config: Arc::new(config_json),
             docker: docker.clone(),
+            events: event_log.clone(),
         };
         let access = AccessPolicy { token, reviewer: parts.reviewer.clone() };
         let router = api::router(state, access, config.server.request_timeout);
@@ -947,4 +983,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         warn!("some tasks did not stop within 10s");
     }
     outcome
+}
+
+/// An optional URL, as text in the served configuration.
+fn uri_opt<S: serde::Serializer>(uri: &Option<::http::Uri>, s: S) -> Result<S::Ok, S::Error> {
+    match uri {
+        Some(u) => s.serialize_some(&u.to_string()),
+        None => s.serialize_none(),
+    }
 }

@@ -28,4 +28,6 @@ pub struct ApiState {
     pub config: Arc<Value>,
     /// The Docker runtime, when this agent has one.
     pub docker: Option<crate::docker::DockerRuntime>,
+    /// The last events, and their live readers.
+    pub events: std::sync::Arc<super::events::EventLog>,
 }

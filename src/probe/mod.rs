@@ -10,7 +10,7 @@ pub mod http;
 pub mod icmp;
 mod net;
 pub mod tcp;
-mod tls;
+pub(crate) mod tls;
 
 use std::fmt;
 use std::future::Future;
