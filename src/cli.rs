@@ -184,6 +184,19 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 1000)]
     pub events_webhook_queue: usize,
 
+    /// Publish status, events, metrics and container health to this NATS server
+    /// (`nats://host:4222`; comma-separated for a cluster). Waited for when not up yet.
+    #[arg(long, env = "VIGIL_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// The first token of the NATS health subjects (`<prefix>.health.status`, ...).
+    #[arg(long, default_value = "vigil", requires = "nats_url")]
+    pub nats_prefix: String,
+
+    /// How often the StatusCheckFailed snapshot is published on `<prefix>.health.metrics`.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, requires = "nats_url")]
+    pub nats_metrics_interval: Duration,
+
     /// How often the disks are asked for their SMART health.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub smart_interval: Duration,

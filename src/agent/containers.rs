@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::state::ApiState;
 use crate::docker::{Container, DockerRuntime};
+use crate::engine::store::Store;
 use crate::http;
 
 fn runtime(s: &ApiState) -> Result<&DockerRuntime, Box<Response>> {
@@ -56,39 +57,31 @@ fn summary(docker: &DockerRuntime, c: &Container, now: Timestamp) -> Value {
     })
 }
 
-/// `GET /api/v1/containers/health`.
-pub async fn all_health(State(s): State<ApiState>) -> Response {
-    let docker = match runtime(&s) {
-        Ok(d) => d,
-        Err(r) => return *r,
-    };
+/// The summary of every container, as `GET /api/v1/containers/health` (and NATS
+/// `docker.container.health.all`) answer it.
+pub fn summary_doc(docker: &DockerRuntime) -> Value {
     let now = Timestamp::now();
     let containers = docker.containers();
     let healthy = containers.iter().filter(|c| c.counts_healthy()).count();
     let unhealthy = containers.iter().filter(|c| c.counts_unhealthy()).count();
     let daemon = docker.daemon();
-    axum::Json(json!({
+    json!({
         "timestamp": now.to_string(),
         "total": containers.len(),
         "healthy": healthy,
         "unhealthy": unhealthy,
         "daemon": { "reachable": daemon.reachable, "message": daemon.message },
         "containers": containers.iter().map(|c| summary(docker, c, now)).collect::<Vec<_>>(),
-    }))
-    .into_response()
+    })
 }
 
-/// `GET /api/v1/containers/{id}/health`: the summary plus the HEALTHCHECK log and the status
-/// checks of its instance.
-pub async fn one_health(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    let (docker, c) = match lookup(&s, &id) {
-        Ok(found) => found,
-        Err(r) => return *r,
-    };
-    let mut body = summary(docker, &c, Timestamp::now());
+/// One container's health: the summary plus the HEALTHCHECK log and the status checks of its
+/// instance (`GET /api/v1/containers/{id}/health`, NATS `docker.container.health`).
+pub fn health_doc(store: &Store, docker: &DockerRuntime, c: &Container) -> Value {
+    let mut body = summary(docker, c, Timestamp::now());
     let instance = crate::report::render::instance_doc(
-        &s.store,
-        &crate::inventory::id_for(crate::api::InstanceKind::Container, &c.name, s.store.node()),
+        store,
+        &crate::inventory::id_for(crate::api::InstanceKind::Container, &c.name, store.node()),
     );
     body["fullId"] = json!(c.id);
     body["exitCode"] = json!(c.exit_code);
@@ -104,25 +97,46 @@ pub async fn one_health(State(s): State<ApiState>, Path(id): Path<String>) -> Re
             .collect::<Vec<_>>()
     );
     body["instanceStatus"] = json!(instance.and_then(|doc| doc.status));
-    axum::Json(body).into_response()
+    body
 }
 
-/// `GET /api/v1/containers/{id}/stats`.
-pub async fn one_stats(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    let (docker, c) = match lookup(&s, &id) {
-        Ok(found) => found,
-        Err(r) => return *r,
-    };
+/// One container's last resource sample (`GET /api/v1/containers/{id}/stats`, NATS
+/// `docker.container.stats`).
+pub fn stats_doc(docker: &DockerRuntime, c: &Container) -> Value {
     let (sampled, resources) =
         docker.resources(&c.id).map_or((None, Default::default()), |(t, r)| (Some(t), r));
-    axum::Json(json!({
+    json!({
         "id": c.short_id(),
         "name": c.name,
         "status": c.state.as_str(),
         "sampledAt": sampled.map(|t| t.to_string()),
         "resources": resources,
-    }))
-    .into_response()
+    })
+}
+
+/// `GET /api/v1/containers/health`.
+pub async fn all_health(State(s): State<ApiState>) -> Response {
+    match runtime(&s) {
+        Ok(docker) => axum::Json(summary_doc(docker)).into_response(),
+        Err(r) => *r,
+    }
+}
+
+/// `GET /api/v1/containers/{id}/health`: the summary plus the HEALTHCHECK log and the status
+/// checks of its instance.
+pub async fn one_health(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    match lookup(&s, &id) {
+        Ok((docker, c)) => axum::Json(health_doc(&s.store, docker, &c)).into_response(),
+        Err(r) => *r,
+    }
+}
+
+/// `GET /api/v1/containers/{id}/stats`.
+pub async fn one_stats(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    match lookup(&s, &id) {
+        Ok((docker, c)) => axum::Json(stats_doc(docker, &c)).into_response(),
+        Err(r) => *r,
+    }
 }
 
 /// Query of the logs route.

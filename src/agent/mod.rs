@@ -5,9 +5,10 @@
 
 mod access;
 pub mod api;
-mod containers;
+pub(crate) mod containers;
 pub mod events;
 mod lease;
+pub mod nats;
 mod state;
 
 use lease::LeaseConfig;
@@ -114,6 +115,12 @@ pub struct AgentConfig {
     pub events_webhook: Option<::http::Uri>,
     /// Events waiting for the webhook at most.
     pub events_webhook_queue: usize,
+    /// The NATS server, if any.
+    pub nats_url: Option<String>,
+    /// The first token of the NATS health subjects.
+    pub nats_prefix: String,
+    /// How often the metrics snapshot goes to NATS, seconds.
+    pub nats_metrics_interval_seconds: f64,
     /// How often the disks are asked for their SMART health, seconds.
     pub smart_interval_seconds: f64,
     /// Token file for sensitive routes (its content is never served).
@@ -232,6 +239,9 @@ impl AgentConfig {
             smart_interval,
             events_webhook,
             events_webhook_queue,
+            nats_url,
+            nats_prefix,
+            nats_metrics_interval,
             api_token_file,
             docker_socket,
             no_docker,
@@ -293,6 +303,9 @@ impl AgentConfig {
             smart_interval_seconds: smart_interval.as_secs_f64(),
             events_webhook,
             events_webhook_queue,
+            nats_url,
+            nats_prefix,
+            nats_metrics_interval_seconds: nats_metrics_interval.as_secs_f64(),
             api_token_file,
             server: ServerConfig::default(),
             docker_socket,
@@ -926,6 +939,23 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                 ("events webhook", Ok(()))
             }
             .instrument(info_span!("events webhook")),
+        );
+    }
+
+    if let Some(url) = &config.nats_url {
+        let nats = nats::NatsConfig {
+            url: url.clone(),
+            prefix: config.nats_prefix.clone(),
+            metrics_interval: secs(config.nats_metrics_interval_seconds),
+            stats_interval: secs(config.docker_stats_interval_seconds),
+        };
+        let (store, log, docker, cancel) = (store.clone(), event_log.clone(), docker.clone(), cancel.clone());
+        tasks.spawn(
+            async move {
+                let result = nats::run(nats, store, log, docker, cancel).await;
+                ("NATS publisher", result.map_err(|e| crate::telemetry::one_line(&e)))
+            }
+            .instrument(info_span!("nats")),
         );
     }
 
