@@ -73,6 +73,12 @@ pub fn parse_target(target: &str, args: &CheckArgs) -> Result<(ProbeSpec, Target
             }
             ProbeSpec::Icmp(IcmpSpec::default())
         }
+        "arp" => {
+            if port.is_some() {
+                return Err(format!("{target:?}: arp:// takes no port"));
+            }
+            ProbeSpec::Arp
+        }
         "grpc" | "grpcs" => {
             if port.is_none() {
                 return Err(format!("{target:?}: {scheme}:// needs a port"));

@@ -348,7 +348,7 @@ fn bad_documents_are_reported_and_the_rest_keeps_running() {
         "{reasons:#?}"
     );
     assert!(
-        reasons.iter().any(|r| r.contains("bad.yaml document 3 (HealthCheck default/double): spec.probe: exactly one of http, tcp, grpc, icmp, exec, docker, qmp must be set; found http and tcp")),
+        reasons.iter().any(|r| r.contains("bad.yaml document 3 (HealthCheck default/double): spec.probe: exactly one of http, tcp, grpc, icmp, arp, exec, docker, qmp must be set; found http and tcp")),
         "{reasons:#?}"
     );
     let id = endpoint_id(&address);
@@ -1072,4 +1072,72 @@ fn events_stream_live_resume_from_their_id_and_reach_a_webhook() {
     let (_, metrics) = agent.get("/metrics");
     assert!(metrics.contains("vigil_events_webhook_total{result=\"retried\"} 1"), "{metrics}");
     assert!(metrics.contains("vigil_events_webhook_total{result=\"dropped\"} 0"), "{metrics}");
+}
+
+/// Two network namespaces of the test's own joined by a veth pair, one address each side, and
+/// removed when dropped.
+struct VethPair {
+    near: String,
+    far: String,
+}
+
+impl VethPair {
+    fn new(tag: &str) -> VethPair {
+        let pid = std::process::id();
+        let pair = VethPair { near: format!("vigil-t-{tag}-a{pid}"), far: format!("vigil-t-{tag}-b{pid}") };
+        let (a, b) = (&pair.near, &pair.far);
+        let script = format!(
+            "ip netns add {a} && ip netns add {b} && ip link add va{pid} type veth peer name vb{pid} && \
+             ip link set va{pid} netns {a} && ip link set vb{pid} netns {b} && \
+             ip -n {a} addr add 10.9.0.1/24 dev va{pid} && ip -n {a} link set va{pid} up && ip -n {a} link set lo up && \
+             ip -n {b} addr add 10.9.0.2/24 dev vb{pid} && ip -n {b} link set vb{pid} up"
+        );
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        pair
+    }
+
+    /// The far side's hardware address.
+    fn far_mac(&self) -> String {
+        let out = Command::new("ip").args(["-n", &self.far, "-o", "link", "show"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.contains("link/ether")).unwrap().to_owned();
+        line.split("link/ether ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned()
+    }
+
+    /// `vigil check args…` in the near namespace.
+    fn check(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.near, env!("CARGO_BIN_EXE_vigil"), "check"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        for ns in [&self.near, &self.far] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// The `arp` probe on a veth pair: the address across answers ARP (healthy, with its hardware
+/// address), an address nobody holds does not (`no-neighbour`), loopback has no neighbour.
+#[test]
+fn arp_probes_see_whether_the_neighbour_answers() {
+    let pair = VethPair::new("arp");
+    let mac = pair.far_mac();
+    let (code, out) = pair.check(&["--verbose", "arp://10.9.0.2"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("10.9.0.2 is at {mac} on va")), "{mac}: {out}");
+    let (code, out) = pair.check(&["--timeout", "2s", "arp://10.9.0.3"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unhealthy (no-neighbour)") && out.contains("did not answer ARP on va"), "{out}");
+    let (code, out) = pair.check(&["arp://127.0.0.1"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("loopback"), "{out}");
 }

@@ -145,7 +145,7 @@ fn the_schema_refuses_what_the_agent_refuses() {
     let cases = [
         (
             "{target: {host: {}}, probe: {tcp: {port: 1}, http: {}}}",
-            "exactly one of http, tcp, grpc, icmp, exec, docker, qmp",
+            "exactly one of http, tcp, grpc, icmp, arp, exec, docker, qmp",
         ),
         (
             "{target: {host: {}, endpoints: {addresses: [a]}}, probe: {tcp: {port: 1}}}",

@@ -470,6 +470,8 @@ fn exec_and_network_probes_reach_the_container_and_mounts_are_watched() {
             container_check("inside", "probes", "    exec:\n      command: [sh, -c, 'test -f /www/healthz']\n    periodSeconds: 1\n    timeoutSeconds: 2", ""),
             container_check("slow", "probes", "    exec:\n      command: [sleep, '30']\n    periodSeconds: 1\n    timeoutSeconds: 1\n    failureThreshold: 1", ""),
             container_check("web", "probes", "    http: {path: /healthz, port: 8080}\n    periodSeconds: 1", ""),
+            container_check("neighbour", "probes", "    arp: {}\n    periodSeconds: 1", ""),
+            container_check("ping", "probes", "    icmp: {}\n    periodSeconds: 1", ""),
         ]
         .join("---\n"),
     );
@@ -478,6 +480,13 @@ fn exec_and_network_probes_reach_the_container_and_mounts_are_watched() {
     assert_eq!(check_of(&ok, "default/inside").unwrap()["probe"], "exec");
     let web = agent.wait_status(&id, "default/web", "ok", WAIT);
     assert_eq!(check_of(&web, "default/web").unwrap()["message"], "HTTP 200 OK");
+    // The container on the bridge answers ARP and ICMP.
+    let arp = agent.wait_status(&id, "default/neighbour", "ok", WAIT);
+    let arp = check_of(&arp, "default/neighbour").unwrap()["message"].as_str().unwrap().to_owned();
+    let mac = c.inspect("{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}");
+    assert!(arp.contains(&format!("is at {mac} on docker0")), "{mac}: {arp}");
+    let ping = agent.wait_status(&id, "default/ping", "ok", WAIT);
+    assert!(check_of(&ping, "default/ping").unwrap()["message"].as_str().unwrap().contains("3/3 replies"));
     let slow = agent.wait_status(&id, "default/slow", "impaired", WAIT);
     let slow = check_of(&slow, "default/slow").unwrap();
     assert_eq!(slow["reason"], "timeout", "{slow}");

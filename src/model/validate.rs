@@ -298,6 +298,7 @@ fn probe(errors: &mut Errors, p: &api::Probe, target: Option<&TargetDef>) -> Opt
             ("tcp", p.tcp.is_some()),
             ("grpc", p.grpc.is_some()),
             ("icmp", p.icmp.is_some()),
+            ("arp", p.arp.is_some()),
             ("exec", p.exec.is_some()),
             ("docker", p.docker.is_some()),
             ("qmp", p.qmp.is_some()),
@@ -389,6 +390,8 @@ fn probe(errors: &mut Errors, p: &api::Probe, target: Option<&TargetDef>) -> Opt
             interval: std::time::Duration::from_millis(u64::from(i.interval_milliseconds)),
             max_loss_percent: i.max_packet_loss_percent,
         })
+    } else if p.arp.is_some() {
+        ProbeSpec::Arp
     } else if let Some(g) = &p.grpc {
         let port = g.port.as_ref().and_then(|pt| port(errors, "spec.probe.grpc.port", pt, target));
         if g.port.is_none() {

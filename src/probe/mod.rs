@@ -4,6 +4,7 @@
 //! [`Outcome`]s. `Unhealthy` carries a [`Reason`] from a small fixed set (usable as a metric
 //! label); `Unknown` feeds `insufficient-data` and never a restart.
 
+pub mod arp;
 pub mod exec;
 pub mod grpc;
 pub mod http;
@@ -143,6 +144,8 @@ pub enum Reason {
     FilesystemFull,
     /// More echo requests went unanswered than allowed.
     PacketLoss,
+    /// The address has no complete neighbour entry (it did not answer ARP).
+    NoNeighbour,
 }
 
 impl Reason {
@@ -171,6 +174,7 @@ impl Reason {
             Reason::Io => "io-error",
             Reason::FilesystemFull => "filesystem-full",
             Reason::PacketLoss => "packet-loss",
+            Reason::NoNeighbour => "no-neighbour",
         }
     }
 
@@ -273,6 +277,7 @@ pub const ALL_REASONS: &[Reason] = &[
     Reason::Io,
     Reason::FilesystemFull,
     Reason::PacketLoss,
+    Reason::NoNeighbour,
 ];
 
 impl fmt::Display for Reason {
@@ -352,6 +357,8 @@ pub enum ProbeSpec {
     Tcp(tcp::TcpSpec),
     /// ICMP echo.
     Icmp(icmp::IcmpSpec),
+    /// A complete neighbour (ARP) entry.
+    Arp,
     /// gRPC health.
     Grpc(grpc::GrpcSpec),
     /// A command.
@@ -369,6 +376,7 @@ impl ProbeSpec {
             ProbeSpec::Http(_) => "http",
             ProbeSpec::Tcp(_) => "tcp",
             ProbeSpec::Icmp(_) => "icmp",
+            ProbeSpec::Arp => "arp",
             ProbeSpec::Grpc(_) => "grpc",
             ProbeSpec::Exec(_) => "exec",
             ProbeSpec::Docker => "docker",
@@ -555,6 +563,7 @@ impl Prober {
             ProbeSpec::Http(http) => http::probe(http, target, &self.tls, &self.user_agent, trace).await,
             ProbeSpec::Tcp(tcp) => tcp::probe(tcp, target, trace).await,
             ProbeSpec::Icmp(icmp) => icmp::probe(icmp, target, deadline, trace).await,
+            ProbeSpec::Arp => arp::probe(target, deadline, trace).await,
             ProbeSpec::Grpc(grpc) => grpc::probe(grpc, target, &self.tls, &self.user_agent, trace).await,
             ProbeSpec::Exec(_) | ProbeSpec::Docker => {
                 Outcome::unknown(Cause::Internal, "internal error: a runtime probe on the network path")

@@ -18,7 +18,7 @@ use super::{CheckStatus, InstanceKind};
     group = "vigil.dev",
     version = "v1alpha1",
     kind = "HealthCheck",
-    doc = "What to check (pods, containers, VMs, the host or fixed endpoints), how (http, tcp, grpc, icmp, exec, docker, qmp), how often, and what to do when it fails.",
+    doc = "What to check (pods, containers, VMs, the host or fixed endpoints), how (http, tcp, grpc, icmp, arp, exec, docker, qmp), how often, and what to do when it fails.",
     namespaced,
     status = "HealthCheckStatus",
     shortname = "vhc",
@@ -137,12 +137,12 @@ pub struct EndpointsTarget {
     pub allow_link_local: bool,
 }
 
-/// How targets are probed: exactly one of `http`, `tcp`, `grpc`, `icmp`, `exec`, `docker` or
-/// `qmp`, with the kubelet's timing fields.
+/// How targets are probed: exactly one of `http`, `tcp`, `grpc`, `icmp`, `arp`, `exec`, `docker`
+/// or `qmp`, with the kubelet's timing fields.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = kube::core::Rule::new(
-    "[has(self.http), has(self.tcp), has(self.grpc), has(self.icmp), has(self.exec), has(self.docker), has(self.qmp)].exists_one(x, x)"
-).message("exactly one of http, tcp, grpc, icmp, exec, docker, qmp must be set"))]
+    "[has(self.http), has(self.tcp), has(self.grpc), has(self.icmp), has(self.arp), has(self.exec), has(self.docker), has(self.qmp)].exists_one(x, x)"
+).message("exactly one of http, tcp, grpc, icmp, arp, exec, docker, qmp must be set"))]
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.icmp) || (self.icmp.count - 1) * self.icmp.intervalMilliseconds < self.timeoutSeconds * 1000"
 ).message("spec.probe.icmp: count requests intervalMilliseconds apart must fit within timeoutSeconds"))]
@@ -165,6 +165,11 @@ pub struct Probe {
     /// `maxPacketLossPercent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp: Option<IcmpProbe>,
+
+    /// The target's IPv4 address has a complete neighbour (ARP) entry on this node: for VMs and
+    /// containers on a bridge, whose guest network stack answers ARP even when nothing listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arp: Option<ArpProbe>,
 
     /// A command: on the node for `host` and `endpoints` targets, inside the container for
     /// `containers`. Healthy when it exits 0.
@@ -366,6 +371,11 @@ fn default_icmp_interval() -> u32 {
 fn default_icmp_loss() -> u32 {
     50
 }
+
+/// A neighbour (ARP) probe; it has no settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArpProbe {}
 
 /// A gRPC health probe (`grpc.health.v1.Health/Check`).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
