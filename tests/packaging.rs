@@ -463,8 +463,15 @@ fn kubectl_apply_k_is_accepted_by_the_api_server() {
     let (kubectl, _) = tools(home.path());
     // The namespace must exist for the namespaced objects of a dry run.
     let (_, _) = kubectl.run(&["create", "namespace", "vigil-system"], None);
-    let out =
-        kubectl.ok(&["apply", "-k", "manifests/", "--dry-run=server", "--validate=strict", "--server-side"]);
+    let out = kubectl.ok(&[
+        "apply",
+        "-k",
+        "manifests/",
+        "--dry-run=server",
+        "--validate=strict",
+        "--server-side",
+        "--force-conflicts",
+    ]);
     for object in [
         "customresourcedefinition.apiextensions.k8s.io/healthchecks.vigil.dev",
         "daemonset.apps/vigil-agent",
