@@ -463,6 +463,8 @@ fn kubectl_apply_k_is_accepted_by_the_api_server() {
     let (kubectl, _) = tools(home.path());
     // The namespace must exist for the namespaced objects of a dry run.
     let (_, _) = kubectl.run(&["create", "namespace", "vigil-system"], None);
+    // --force-conflicts: the CRDs may be on the server already, applied by helm in the install
+    // test (another field manager); a user's first `kubectl apply -k` has no such conflict.
     let out = kubectl.ok(&[
         "apply",
         "-k",
