@@ -144,6 +144,42 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     assert_eq!(host["used_cpus"], 1.0, "{host}");
     assert_eq!(host["used_memory_mb"], 256, "{host}");
     assert_eq!(restarts(&up), 0, "a booting guest is not a failing one");
+    // The host's view of the VM: its QEMU process's CPU and resident memory beside what it was
+    // configured with, in the System check and as metrics.
+    let process =
+        agent.wait_for(&format!("/v1/instances/{}", vm_id("g1")), "the QEMU process's figures", WAIT, |d| {
+            d["data"]["status"]["systemStatus"]["details"].as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["name"] == "qemu-process" && x["message"].as_str().is_some_and(|m| m.contains("% CPU"))
+                })
+            })
+        });
+    let detail = process["data"]["status"]["systemStatus"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "qemu-process")
+        .unwrap()
+        .clone();
+    let message = detail["message"].as_str().unwrap();
+    assert!(message.contains("MiB RSS (1 vCPUs, 256 MiB configured)"), "{detail}");
+    let rss: u64 =
+        message.split(", ").nth(1).and_then(|p| p.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!((20..2048).contains(&rss), "a QEMU process's RSS in MiB: {detail}");
+    let (_, metrics) = agent.get("/metrics");
+    let series = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{instance_id=\"{}\",vm=\"g1\"}}", vm_id("g1"))))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} for g1 in\n{metrics}"))
+    };
+    assert_eq!(series("vigil_vm_vcpus"), 1.0);
+    assert_eq!(series("vigil_vm_memory_configured_bytes"), 256.0 * 1024.0 * 1024.0);
+    assert!(series("vigil_vm_memory_rss_bytes") > 20.0 * 1024.0 * 1024.0);
+    assert!(series("vigil_vm_cpu_percent") >= 0.0);
+    support::agent::promtool_check(&metrics);
 
     // Paused by its operator: not-applicable, no restart.
     guest.qmp("stop");

@@ -78,6 +78,7 @@ async fn metrics_text(State(s): State<ApiState>) -> Response {
             if let Some(docker) = &s.docker {
                 docker.encode_metrics(s.store.node(), &mut text);
             }
+            s.qemu.encode_metrics(s.store.node(), &mut text);
             http::prometheus_text(text)
         }
         Err(e) => http::error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")),

@@ -970,6 +970,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             metrics: metrics.clone(),
             config: Arc::new(config_json),
             docker: docker.clone(),
+            qemu: qemu.clone(),
             events: event_log.clone(),
         };
         let access = AccessPolicy { token, reviewer: parts.reviewer.clone() };

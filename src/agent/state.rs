@@ -28,6 +28,8 @@ pub struct ApiState {
     pub config: Arc<Value>,
     /// The Docker runtime, when this agent has one.
     pub docker: Option<crate::docker::DockerRuntime>,
+    /// The QEMU runtime (its per-VM figures are rendered at each scrape).
+    pub qemu: crate::qemu::QemuRuntime,
     /// The last events, and their live readers.
     pub events: std::sync::Arc<super::events::EventLog>,
 }

@@ -123,6 +123,12 @@ pub struct Vm {
     pub vcpus: u32,
     /// Configured memory, MiB.
     pub memory_mb: u64,
+    /// The QEMU process's CPU over the last sample interval, percent of one CPU (as `top`).
+    pub host_cpu_percent: Option<f64>,
+    /// The QEMU process's resident memory, bytes.
+    pub host_rss_bytes: Option<u64>,
+    /// The last CPU sample: user + system clock ticks, and when.
+    pub cpu_sample: Option<(u64, std::time::Instant)>,
     /// QMP run state (`running`, `paused`, `shutdown`, `guest-panicked`…), `None` until known.
     pub status: Option<String>,
     /// Whether QMP answers, and what was seen when it does not.
@@ -159,6 +165,47 @@ impl Vm {
         }
     }
 
+    /// `pid 1234: 12.5% CPU, 812 MiB RSS (2 vCPUs, 1024 MiB configured)`, as far as known.
+    fn process_figures(&self, pid: i32) -> String {
+        let mut text = format!("pid {pid}");
+        let mut parts = Vec::new();
+        if let Some(cpu) = self.host_cpu_percent {
+            parts.push(format!("{cpu:.1}% CPU"));
+        }
+        if let Some(rss) = self.host_rss_bytes {
+            parts.push(format!("{} MiB RSS", rss / (1024 * 1024)));
+        }
+        if !parts.is_empty() {
+            text.push_str(": ");
+            text.push_str(&parts.join(", "));
+        }
+        if self.vcpus > 0 || self.memory_mb > 0 {
+            text.push_str(&format!(" ({} vCPUs, {} MiB configured)", self.vcpus, self.memory_mb));
+        }
+        text
+    }
+
+    /// Samples the QEMU process: CPU since the last sample, resident memory now.
+    fn sample_process(&mut self, now: std::time::Instant) {
+        let Some(pid) = self.pid else { return };
+        let Ok(stat) = procfs::process::Process::new(pid).and_then(|p| p.stat()) else {
+            self.host_cpu_percent = None;
+            self.host_rss_bytes = None;
+            return;
+        };
+        let ticks = stat.utime + stat.stime;
+        if let Some((before, at)) = self.cpu_sample {
+            let seconds = now.saturating_duration_since(at).as_secs_f64();
+            if seconds > 0.0 && ticks >= before {
+                let per_second = procfs::ticks_per_second() as f64;
+                let percent = (ticks - before) as f64 / per_second / seconds * 100.0;
+                self.host_cpu_percent = Some((percent * 10.0).round() / 10.0);
+            }
+        }
+        self.cpu_sample = Some((ticks, now));
+        self.host_rss_bytes = Some(stat.rss * procfs::page_size());
+    }
+
     fn process_alive(&self) -> bool {
         self.pid.is_some_and(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -193,6 +240,43 @@ impl std::fmt::Debug for QemuRuntime {
 }
 
 impl QemuRuntime {
+    /// Appends the per-VM families: the host's view of each VM's QEMU process beside what the
+    /// VM was configured with. A VM's series go when it does.
+    pub fn encode_metrics(&self, node: &str, out: &mut String) {
+        use prometheus::proto::MetricType::GAUGE;
+        const LABELS: &[&str] = &["instance_id", "vm"];
+        let vms = self.vms();
+        let ids: Vec<String> = vms.iter().map(|vm| id_for(InstanceKind::Vm, &vm.name, node)).collect();
+        type Figure = fn(&Vm) -> Option<f64>;
+        let families: [(&'static str, &'static str, Figure); 4] = [
+            (
+                "vigil_vm_cpu_percent",
+                "CPU of the VM's QEMU process over the last 5 s sample, percent of one CPU, as the host sees it.",
+                |vm| vm.host_cpu_percent,
+            ),
+            (
+                "vigil_vm_memory_rss_bytes",
+                "Resident memory of the VM's QEMU process, as the host sees it.",
+                |vm| vm.host_rss_bytes.map(|b| b as f64),
+            ),
+            ("vigil_vm_vcpus", "vCPUs the VM is configured with (query-cpus-fast).", |vm| {
+                (vm.vcpus > 0).then_some(f64::from(vm.vcpus))
+            }),
+            (
+                "vigil_vm_memory_configured_bytes",
+                "Memory the VM is configured with (query-memory-size-summary).",
+                |vm| (vm.memory_mb > 0).then_some((vm.memory_mb * 1024 * 1024) as f64),
+            ),
+        ];
+        for (name, help, figure) in families {
+            let rows = vms
+                .iter()
+                .zip(&ids)
+                .filter_map(|(vm, id)| Some((vec![id.as_str(), vm.name.as_str()], figure(vm)?)));
+            crate::metrics::push_family(out, name, help, GAUGE, LABELS, rows);
+        }
+    }
+
     /// A runtime looking for VMs as `config` says. Call from the runtime that should talk QMP.
     pub fn new(config: QemuConfig) -> QemuRuntime {
         QemuRuntime {
@@ -251,7 +335,7 @@ impl QemuRuntime {
                 let system = vec![
                     match (vm.pid, alive) {
                         (Some(pid), true) => {
-                            Observation::new("qemu-process", CheckStatus::Ok, format!("pid {pid}"))
+                            Observation::new("qemu-process", CheckStatus::Ok, vm.process_figures(pid))
                         }
                         (Some(pid), false) => Observation::new(
                             "qemu-process",
@@ -414,6 +498,7 @@ impl QemuRuntime {
             let mut volumes_tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 volumes_tick.tick().await;
+                self.update(socket, |vm| vm.sample_process(std::time::Instant::now()));
                 self.look_at_volumes(socket, &service).await;
             }
         };
@@ -603,6 +688,9 @@ fn new_vm(socket: &Path) -> Vm {
         pid: None,
         vcpus: 0,
         memory_mb: 0,
+        host_cpu_percent: None,
+        host_rss_bytes: None,
+        cpu_sample: None,
         status: None,
         qmp: Err("not connected yet".to_owned()),
         guest_port_open: None,

@@ -99,15 +99,25 @@ impl InstanceEntry {
         }
     }
 
-    /// Takes what the inventory says now; `false` when nothing changed.
-    pub(super) fn update(&mut self, instance: Instance, now: Timestamp) -> bool {
+    /// Takes what the inventory says now: whether nothing changed, only the messages of its
+    /// details (figures such as a VM's CPU: a touch, written with the periodic refresh), or
+    /// something that matters.
+    pub(super) fn update(&mut self, instance: Instance, now: Timestamp) -> Update {
         if self.instance == instance {
-            return false;
+            return Update::Unchanged;
         }
+        let without_messages = |i: &Instance| {
+            let mut i = i.clone();
+            for o in i.system.iter_mut().chain(i.volumes.iter_mut()) {
+                o.message.clear();
+            }
+            i
+        };
+        let significant = without_messages(&self.instance) != without_messages(&instance);
         self.own_system = merge_details(&self.own_system, instance.system.clone(), now);
         self.own_volumes = merge_details(&self.own_volumes, instance.volumes.clone(), now);
         self.instance = instance;
-        true
+        if significant { Update::Changed } else { Update::Touched }
     }
 
     /// A restored check state for `check`, if one was saved.
@@ -211,4 +221,15 @@ pub(super) fn claims<'a>(instances: impl Iterator<Item = &'a InstanceEntry>) -> 
         }
     }
     claims
+}
+
+/// What an inventory update changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Update {
+    /// Nothing.
+    Unchanged,
+    /// Only messages of details.
+    Touched,
+    /// Something readers must see at once.
+    Changed,
 }

@@ -367,9 +367,13 @@ impl Store {
         for instance in instances {
             let id = instance.id.clone();
             if let Some(entry) = inner.instances.get_mut(&id) {
-                if entry.update(instance, now) {
-                    inner.changed_instance(&id);
-                    inner.refresh_failed(&id);
+                match entry.update(instance, now) {
+                    instances::Update::Unchanged => {}
+                    instances::Update::Touched => inner.touched_instance(&id),
+                    instances::Update::Changed => {
+                        inner.changed_instance(&id);
+                        inner.refresh_failed(&id);
+                    }
                 }
                 continue;
             }
