@@ -487,29 +487,23 @@ fn kubectl_apply_k_is_accepted_by_the_api_server() {
     assert_eq!(out.lines().filter(|l| l.contains("(server dry run)")).count(), 21, "{out}");
 }
 
-fn promtool() -> PathBuf {
+/// `promtool args…` in the repository: whether it succeeded, and what it printed.
+fn promtool(args: &[&str]) -> (bool, String) {
     let local = root().join("target/tools/bin/promtool");
-    if local.exists() { local } else { PathBuf::from("promtool") }
+    let bin = if local.exists() { local } else { PathBuf::from("promtool") };
+    let out = Command::new(bin).args(args).current_dir(root()).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 /// Each alert rule fires when it should and stays quiet when it should not (promtool's unit
 /// tests in tests/alerts/).
 #[test]
 fn the_alert_rules_pass_their_unit_tests() {
-    let check = Command::new(promtool())
-        .args(["check", "rules", "charts/vigil/files/alerts.yaml"])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&check.stdout).into_owned() + &String::from_utf8_lossy(&check.stderr);
-    assert!(check.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 8 rules found"), "{text}");
-    let test = Command::new(promtool())
-        .args(["test", "rules", "tests/alerts/alerts_test.yaml"])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&test.stdout).into_owned() + &String::from_utf8_lossy(&test.stderr);
-    assert!(test.status.success(), "{text}");
-    assert!(text.contains("SUCCESS"), "{text}");
+    let (ok, text) = promtool(&["check", "rules", "charts/vigil/files/alerts.yaml"]);
+    assert!(ok && text.contains("SUCCESS: 8 rules found"), "{text}");
+    let (ok, text) = promtool(&["test", "rules", "tests/alerts/alerts_test.yaml"]);
+    assert!(ok && text.contains("SUCCESS"), "{text}");
 }
