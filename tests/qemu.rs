@@ -128,7 +128,19 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     let mut guest = Guest::start(&vm_dir);
     let glob = format!("{}/vms/*/qmp.sock", root.path().display());
     let mut agent = Agent::start(&root.path().join("agent"), &["--vm-socket-glob", &glob]);
+    // A boot grace of one second: the guest still booting under TCG is a stuck boot to this
+    // check (impaired, reason boot) — until its guest agent answers.
+    agent.write_check(
+        "boot.yaml",
+        "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata:\n  name: boot\nspec:\n  target:\n    vms:\n      names: [g1]\n  probe:\n    qmp:\n      checks: [guestAgent]\n      bootGraceSeconds: 1\n    periodSeconds: 1\n    timeoutSeconds: 1\n    failureThreshold: 1\n",
+    );
     agent.write_check("vm.yaml", &restarted_vm_check());
+    let stuck = agent.wait_status(&vm_id("g1"), "default/boot", "impaired", BOOT);
+    let stuck = check_of(&stuck, "default/boot").unwrap().clone();
+    assert_eq!(stuck["reason"], "boot", "{stuck}");
+    assert!(stuck["message"].as_str().unwrap().contains("boot grace 1 s"), "{stuck}");
+    agent.wait_status(&vm_id("g1"), "default/boot", "ok", BOOT);
+    agent.remove_check("boot.yaml");
 
     // Running: all three checks ok, and the host counts its vCPU and memory.
     let up = agent.wait_status(&vm_id("g1"), "default/vm", "ok", BOOT);

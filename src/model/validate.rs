@@ -444,7 +444,14 @@ fn probe(errors: &mut Errors, p: &api::Probe, target: Option<&TargetDef>) -> Opt
             })
             .collect();
         checks.dedup();
-        ProbeSpec::Qmp(QmpSpec { checks, filesystem_usage_percent: q.filesystem_usage_percent })
+        if q.boot_grace_seconds == 0 {
+            errors.add("spec.probe.qmp.bootGraceSeconds", "must be at least 1");
+        }
+        ProbeSpec::Qmp(QmpSpec {
+            checks,
+            filesystem_usage_percent: q.filesystem_usage_percent,
+            boot_grace: std::time::Duration::from_secs(u64::from(q.boot_grace_seconds)),
+        })
     };
     (errors.0.len() == before).then_some(spec)
 }

@@ -146,6 +146,8 @@ pub enum Reason {
     PacketLoss,
     /// The address has no complete neighbour entry (it did not answer ARP).
     NoNeighbour,
+    /// A VM's guest agent never answered within the boot grace: a stuck boot.
+    Boot,
 }
 
 impl Reason {
@@ -175,6 +177,7 @@ impl Reason {
             Reason::FilesystemFull => "filesystem-full",
             Reason::PacketLoss => "packet-loss",
             Reason::NoNeighbour => "no-neighbour",
+            Reason::Boot => "boot",
         }
     }
 
@@ -278,6 +281,7 @@ pub const ALL_REASONS: &[Reason] = &[
     Reason::FilesystemFull,
     Reason::PacketLoss,
     Reason::NoNeighbour,
+    Reason::Boot,
 ];
 
 impl fmt::Display for Reason {
@@ -402,6 +406,8 @@ pub struct QmpSpec {
     pub checks: Vec<String>,
     /// Guest filesystem usage limit, percent.
     pub filesystem_usage_percent: u8,
+    /// How long a guest agent that never answered is a guest still booting.
+    pub boot_grace: Duration,
 }
 
 /// Where a probe goes.

@@ -129,6 +129,9 @@ pub struct Vm {
     pub host_rss_bytes: Option<u64>,
     /// The last CPU sample: user + system clock ticks, and when.
     pub cpu_sample: Option<(u64, std::time::Instant)>,
+    /// When the guest started, as far as the agent saw: when QMP first said it runs, or its
+    /// last reset. The boot grace counts from here.
+    pub started_at: Option<std::time::Instant>,
     /// QMP run state (`running`, `paused`, `shutdown`, `guest-panicked`…), `None` until known.
     pub status: Option<String>,
     /// Whether QMP answers, and what was seen when it does not.
@@ -491,6 +494,9 @@ impl QemuRuntime {
                 vm.pid = pid.or(vm.pid);
                 vm.vcpus = vcpus;
                 vm.memory_mb = memory_mb;
+                if status == "running" && vm.started_at.is_none() {
+                    vm.started_at = Some(std::time::Instant::now());
+                }
                 vm.status = Some(status.clone());
                 vm.qmp = Ok(());
             });
@@ -517,9 +523,11 @@ impl QemuRuntime {
             _ => None,
         };
         if matches!(event, qmp::Event::RESET { .. } | qmp::Event::SHUTDOWN { .. }) {
+            let reset = matches!(event, qmp::Event::RESET { .. });
             self.update(socket, |vm| {
                 vm.guest_agent_seen = false;
                 vm.address = None;
+                vm.started_at = reset.then(std::time::Instant::now);
             });
         }
         match (status, event) {
@@ -624,7 +632,7 @@ impl QemuRuntime {
                             }
                             passed.push("guest agent answers".to_owned());
                         }
-                        Err(e) => return guest_agent_silent(&vm, &e),
+                        Err(e) => return guest_agent_silent(&vm, &e, spec.boot_grace),
                     }
                 }
                 "blockDevices" => {
@@ -647,7 +655,7 @@ impl QemuRuntime {
                             }
                             passed.push(format!("filesystems below {}%", spec.filesystem_usage_percent));
                         }
-                        Err(e) => return guest_agent_silent(&vm, &e),
+                        Err(e) => return guest_agent_silent(&vm, &e, spec.boot_grace),
                     }
                 }
                 other => return Outcome::unknown(Cause::Misconfigured, format!("unknown qmp check {other}")),
@@ -657,16 +665,26 @@ impl QemuRuntime {
     }
 }
 
-/// A guest agent that does not answer: a failure once it has answered since the guest started,
-/// before that a guest still booting.
-fn guest_agent_silent(vm: &Vm, e: &qga::QgaError) -> Outcome {
+/// A guest agent that does not answer: a failure once it has answered since the guest started;
+/// before that a guest still booting, until the boot grace is over: then a stuck boot.
+fn guest_agent_silent(vm: &Vm, e: &qga::QgaError, boot_grace: Duration) -> Outcome {
     if vm.guest_agent_seen {
-        Outcome::unhealthy(Reason::GuestAgent, format!("reachability: {e}"))
-    } else {
-        Outcome::unknown(
+        return Outcome::unhealthy(Reason::GuestAgent, format!("reachability: {e}"));
+    }
+    let booting = vm.started_at.map(|t| t.elapsed());
+    match booting {
+        Some(for_) if for_ >= boot_grace => Outcome::unhealthy(
+            Reason::Boot,
+            format!(
+                "the guest agent has not answered in the {} s since the VM started (boot grace {} s): a stuck boot? {e}",
+                for_.as_secs(),
+                boot_grace.as_secs()
+            ),
+        ),
+        _ => Outcome::unknown(
             Cause::NoGuestAgent,
             format!("the guest agent has not answered since the VM started: {e}"),
-        )
+        ),
     }
 }
 
@@ -691,6 +709,7 @@ fn new_vm(socket: &Path) -> Vm {
         host_cpu_percent: None,
         host_rss_bytes: None,
         cpu_sample: None,
+        started_at: None,
         status: None,
         qmp: Err("not connected yet".to_owned()),
         guest_port_open: None,

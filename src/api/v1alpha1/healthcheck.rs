@@ -426,10 +426,21 @@ pub struct QmpProbe {
     #[serde(default = "default_fs_percent")]
     #[schemars(range(min = 1, max = 100))]
     pub filesystem_usage_percent: u8,
+
+    /// With `guestAgent`, how long after the VM started (or was reset) a guest agent that has
+    /// never answered is a guest still booting (`insufficient-data`); after it, a stuck boot
+    /// (`impaired`, reason `boot`).
+    #[serde(default = "default_boot_grace")]
+    #[schemars(range(min = 1))]
+    pub boot_grace_seconds: u32,
 }
 
 fn default_fs_percent() -> u8 {
     95
+}
+
+fn default_boot_grace() -> u32 {
+    300
 }
 
 /// One QMP check.
