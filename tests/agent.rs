@@ -1056,6 +1056,10 @@ fn events_stream_live_resume_from_their_id_and_reach_a_webhook() {
     assert!(after.iter().all(|id| id.is_some_and(|id| id > i1)), "{body}");
     let (code, body) = agent.get("/v1/events?since=zero");
     assert_eq!(code, 400, "{body}");
+    // An id beyond the agent's own is a reader from before a restart: it gets everything kept.
+    let (_, _, body) =
+        request_full(agent.addr, "GET", "/v1/events?follow=false", &[("Last-Event-ID", "99999")]).unwrap();
+    assert!(sse_events(&body).iter().any(|(id, _, _)| *id == Some(i1)), "{body}");
 
     // The webhook refused the first POST: it was retried, and everything came in order.
     let deadline = Instant::now() + WAIT;

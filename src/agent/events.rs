@@ -99,6 +99,13 @@ impl EventLog {
     pub fn last_id(&self) -> u64 {
         self.lock().last_id
     }
+
+    /// Where a reader that last saw `seen` resumes: there, or from the start when `seen` is
+    /// beyond every id this log gave (the agent restarted, and its ids with it), so that such a
+    /// reader is not kept waiting for ids it already had.
+    pub fn resume_from(&self, seen: u64) -> u64 {
+        if seen > self.last_id() { 0 } else { seen }
+    }
 }
 
 /// The JSON of an engine event.
@@ -201,7 +208,7 @@ pub async fn stream(
     };
     let log = s.events.clone();
     // Without a position, only what happens from now on.
-    let since = since.unwrap_or_else(|| log.last_id());
+    let since = since.map_or_else(|| log.last_id(), |seen| log.resume_from(seen));
     let (kept, lost, receiver) = log.since(since);
     let mut last = since;
     let mut replay: Vec<Event> = Vec::new();
@@ -418,5 +425,8 @@ mod tests {
         assert_eq!((kept.len(), lost), (0, 0));
         log.record("action", json!({}));
         assert_eq!(rx.try_recv().unwrap().id, 6, "the live reader gets what comes next");
+        // A reader from before a restart of the agent, whose ids started over.
+        assert_eq!(log.resume_from(500), 0);
+        assert_eq!(log.resume_from(5), 5);
     }
 }
