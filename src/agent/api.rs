@@ -209,11 +209,7 @@ impl InstanceFilters {
         let system = statuses("systemStatus", &self.system_status)?;
         let instance = statuses("instanceStatus", &self.instance_status)?;
         let volumes = statuses("attachedVolumeStatus", &self.attached_volume_status)?;
-        let include_all = match self.include_all.as_deref() {
-            None | Some("true") | Some("1") => true,
-            Some("false") | Some("0") => false,
-            Some(other) => return Err(format!("includeAll: {other:?} is not true or false")),
-        };
+        let include_all = http::flag("includeAll", self.include_all.as_deref(), true)?;
         let within = |wanted: &Option<Vec<CheckStatus>>, got: CheckStatus| {
             wanted.as_ref().is_none_or(|w| w.contains(&got))
         };
@@ -248,12 +244,9 @@ async fn instances(
     let filters = match query {
         Ok(Query(f)) => f,
         Err(e) => {
-            return http::error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{}; the filters are instanceIds, kind, status, systemStatus, instanceStatus, attachedVolumeStatus and includeAll",
-                    e.body_text()
-                ),
+            return http::bad_query(
+                &e,
+                "the filters are instanceIds, kind, status, systemStatus, instanceStatus, attachedVolumeStatus and includeAll",
             );
         }
     };

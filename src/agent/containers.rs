@@ -169,12 +169,9 @@ pub async fn logs(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Q
             }
         },
     };
-    let follow = match q.follow.as_deref() {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") | Some("") => true,
-        Some(other) => {
-            return http::error(StatusCode::BAD_REQUEST, format!("follow: {other:?} is not true or false"));
-        }
+    let follow = match http::flag("follow", q.follow.as_deref(), false) {
+        Ok(follow) => follow,
+        Err(message) => return http::error(StatusCode::BAD_REQUEST, message),
     };
     let lines = docker.logs(&c.id, tail, follow).map(|line| {
         Ok::<_, Infallible>(match line {

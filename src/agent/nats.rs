@@ -170,16 +170,17 @@ async fn forward_events(client: Client, prefix: String, events: Arc<EventLog>) {
 
 /// The StatusCheckFailed family of every instance, as CloudWatch has it.
 pub fn metrics_doc(store: &Store) -> Value {
-    let failed = |s: crate::api::CheckStatus| u8::from(s == crate::api::CheckStatus::Impaired);
+    use crate::metrics::SampleSource;
+    // The same figures as the vigil_status_check_failed* gauges.
     let instances: Vec<Value> = store
-        .instances()
+        .samples()
+        .instances
         .iter()
-        .map(|v| {
-            let (system, instance, volumes) =
-                (failed(v.system.status), failed(v.instance_check.status), failed(v.volumes.status));
+        .map(|i| {
+            let (system, instance, volumes) = (u8::from(i.system), u8::from(i.instance), u8::from(i.volumes));
             json!({
-                "instanceId": v.instance.id,
-                "kind": v.instance.kind.as_str(),
+                "instanceId": &*i.instance_id,
+                "kind": i.kind,
                 "StatusCheckFailed": system.max(instance).max(volumes),
                 "StatusCheckFailed_System": system,
                 "StatusCheckFailed_Instance": instance,
@@ -211,21 +212,20 @@ async fn container_health(
     let mut changes = docker.subscribe();
     let mut last: HashMap<String, (String, String)> = HashMap::new();
     loop {
-        for c in docker.containers() {
+        let containers = docker.containers();
+        for c in &containers {
             let now = (c.state.as_str().to_owned(), c.health_status().to_owned());
             if last.get(&c.id) != Some(&now) {
                 publish(
                     &client,
                     "docker.container.health".to_owned(),
-                    &containers::health_doc(&store, &docker, &c),
+                    &containers::health_doc(&store, &docker, c),
                 )
                 .await;
                 last.insert(c.id.clone(), now);
             }
         }
-        let present: std::collections::HashSet<String> =
-            docker.containers().into_iter().map(|c| c.id).collect();
-        last.retain(|id, _| present.contains(id));
+        last.retain(|id, _| containers.iter().any(|c| c.id == *id));
         tokio::select! {
             r = changes.changed() => {
                 if r.is_err() {

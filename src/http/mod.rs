@@ -160,6 +160,22 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// A true/false query parameter: `true` or `1`, `false` or `0` (a bare `?name` is true);
+/// `default` when absent. The error names the parameter.
+pub fn flag(name: &str, value: Option<&str>, default: bool) -> Result<bool, String> {
+    match value {
+        None => Ok(default),
+        Some("true" | "1" | "") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(other) => Err(format!("{name}: {other:?} is not true or false")),
+    }
+}
+
+/// 400 for a query string that does not parse, then `allowed`: the parameters the route takes.
+pub fn bad_query(rejection: &axum::extract::rejection::QueryRejection, allowed: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("{}; {allowed}", rejection.body_text()))
+}
+
 /// 404 for paths that do not exist.
 pub async fn not_found(request: Request) -> Response {
     error(StatusCode::NOT_FOUND, format!("no such path: {}", request.uri().path()))

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::host::Observation;
+use super::host::{Observation, under};
 use crate::api::CheckStatus;
 
 /// The detail names.
@@ -35,10 +35,6 @@ pub fn is_sensor(detail: &str) -> bool {
 /// the System check.
 pub const THROTTLE_HOLD: Duration = Duration::from_secs(60);
 
-fn under(root: &Path, path: &str) -> PathBuf {
-    root.join(path.trim_start_matches('/'))
-}
-
 fn read_trimmed(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
 }
@@ -53,7 +49,7 @@ struct Zone {
 }
 
 fn zones(root: &Path) -> Result<Vec<Zone>, String> {
-    let dir = under(root, "/sys/class/thermal");
+    let dir = under(root, Path::new("/sys/class/thermal"));
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(_) => return Ok(Vec::new()),
@@ -174,7 +170,7 @@ impl Throttling {
 
 /// Core and package throttle events over every CPU, when any CPU counts them.
 fn throttle_events(root: &Path) -> Option<u64> {
-    let dir = under(root, "/sys/devices/system/cpu");
+    let dir = under(root, Path::new("/sys/devices/system/cpu"));
     let mut total = None;
     for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
         let name = entry.file_name();
@@ -356,7 +352,7 @@ mod tests {
     use super::*;
 
     fn write(root: &Path, path: &str, text: &str) {
-        let path = under(root, path);
+        let path = under(root, Path::new(path));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
     }

@@ -194,8 +194,8 @@ impl HostMonitor {
     }
 }
 
-/// `path` of the host, as seen under `root`.
-fn under(root: &Path, path: &Path) -> PathBuf {
+/// `path` (absolute, as the host sees it) under the host's root as this process sees it.
+pub(super) fn under(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
