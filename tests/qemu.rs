@@ -35,7 +35,11 @@ impl Guest {
         assert!(out.status.success(), "qemu-guest.sh build: {}", String::from_utf8_lossy(&out.stderr));
         let test_monitor =
             format!("socket,id=qmpt,path={},server=on,wait=off", dir.join("test.sock").display());
+        // The guest agent held back 8 s at every boot: QEMU runs and QMP answers long before
+        // the guest agent does, however fast this machine boots the guest, so a short boot
+        // grace sees a stuck boot every time.
         let child = Command::new(script())
+            .env("VIGIL_GA_DELAY", "8")
             .arg("run")
             .arg(dir)
             .args(["-chardev", &test_monitor, "-mon", "chardev=qmpt,mode=control"])
@@ -97,6 +101,38 @@ fn vm_check(name: &str, vm: &str, extra: &str) -> String {
     format!(
         "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata:\n  name: {name}\nspec:\n  target:\n    vms:\n      names: [{vm}]\n  probe:\n    qmp:\n      checks: [runState, guestAgent, blockDevices, filesystems]\n    periodSeconds: 2\n    timeoutSeconds: 5\n    failureThreshold: 2\n{extra}"
     )
+}
+
+/// What the guest says of itself, through guest-agent file reads, and its consoles; report only.
+fn guest_check() -> String {
+    "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata:\n  name: guest\nspec:\n  target:\n    vms:\n      names: [g1]\n  probe:\n    qmp:\n      checks: [readOnlyFilesystems, guestMemory, console]\n      memoryAvailablePercent: 50\n    periodSeconds: 1\n    timeoutSeconds: 5\n    failureThreshold: 1\n".to_owned()
+}
+
+/// Runs `script` in the guest with `sh -c`, through the guest agent (the agent under test
+/// connects to it per probe, so the test can too), and waits for it to end.
+fn guest_sh(qga: &Path, script: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let run = json!({"path": "/bin/sh", "arg": ["-c", script], "capture-output": true});
+    let started = rt
+        .block_on(vigil::qemu::qga::execute(qga, "guest-exec", Some(run), Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("guest-exec {script}: {e}"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = rt
+            .block_on(vigil::qemu::qga::execute(
+                qga,
+                "guest-exec-status",
+                Some(json!({"pid": started["pid"]})),
+                Duration::from_secs(20),
+            ))
+            .unwrap();
+        if status["exited"] == true {
+            assert_eq!(status["exitcode"], 0, "{script}: {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{script} still running: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The check of the guest test: every qmp check, `restartVM` on failure.
@@ -193,6 +229,36 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     assert!(series("vigil_vm_cpu_percent") >= 0.0);
     support::agent::promtool_check(&metrics);
 
+    // The guest's own view, read through guest-agent file reads: its filesystem turned
+    // read-only, its memory used up; and its console.
+    let qga = vm_dir.join("qga.sock");
+    agent.write_check("guest.yaml", &guest_check());
+    let seen = agent.wait_status(&vm_id("g1"), "default/guest", "ok", WAIT);
+    let message = check_of(&seen, "default/guest").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("1 guest filesystems writable"), "{message}");
+    assert!(message.contains("% of guest memory available"), "{message}");
+    assert!(message.contains("console: serial ser0 (file"), "{message}");
+    guest_sh(&qga, "mount -o remount,ro /data");
+    let ro = agent.wait_status(&vm_id("g1"), "default/guest", "impaired", WAIT);
+    let entry = check_of(&ro, "default/guest").unwrap().clone();
+    assert_eq!(entry["reason"], "read-only-filesystem", "{entry}");
+    assert!(entry["message"].as_str().unwrap().contains("/data (ext4 /dev/vda)"), "{entry}");
+    guest_sh(&qga, "mount -o remount,rw /data");
+    agent.wait_status(&vm_id("g1"), "default/guest", "ok", WAIT);
+    // Two thirds of what is available, into a tmpfs: below the check's 50%.
+    guest_sh(
+        &qga,
+        "mount -o remount,size=90% /dev/shm && n=$(awk '/MemAvailable/ {print int($2 / 1536)}' /proc/meminfo) && dd if=/dev/zero of=/dev/shm/fill bs=1M count=$n 2>/dev/null",
+    );
+    let full = agent.wait_status(&vm_id("g1"), "default/guest", "impaired", WAIT);
+    let entry = check_of(&full, "default/guest").unwrap().clone();
+    assert_eq!(entry["reason"], "memory-exhausted", "{entry}");
+    assert!(entry["message"].as_str().unwrap().contains("below 50%"), "{entry}");
+    guest_sh(&qga, "rm /dev/shm/fill");
+    agent.wait_status(&vm_id("g1"), "default/guest", "ok", WAIT);
+    agent.remove_check("guest.yaml");
+    assert_eq!(restarts(&agent.instance(&vm_id("g1"))), 0, "a report-only check restarts nothing");
+
     // Paused by its operator: not-applicable, no restart.
     guest.qmp("stop");
     let paused = agent.wait_status(&vm_id("g1"), "default/vm", "not-applicable", WAIT);
@@ -203,7 +269,6 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
 
     // The guest agent dies: Instance impaired (reachability) while System stays ok; the action
     // resets the VM, the agent comes back with the guest, and the restart is counted.
-    let qga = vm_dir.join("qga.sock");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let kill = json!({"path": "/bin/sh", "arg": ["-c", "killall qemu-ga"], "capture-output": false});
     rt.block_on(vigil::qemu::qga::execute(&qga, "guest-exec", Some(kill), Duration::from_secs(20))).unwrap();
@@ -253,6 +318,22 @@ fn a_real_guest_through_pause_agent_loss_reset_and_death() {
     agent.wait_status(&vm_id("g1"), "default/vm", "not-applicable", WAIT);
     agent.write_check("vm.yaml", &restarted_vm_check());
     agent.wait_status(&vm_id("g1"), "default/vm", "ok", WAIT);
+
+    // A guest agent that does not allow file reads (as some distributions ship it): the guest's
+    // own view is insufficient-data, naming the command, and nothing is restarted. qemu-ga is
+    // restarted with guest-file-open blocked while the VM check reports only.
+    agent.write_check("vm.yaml", &vm_check("vm", "g1", ""));
+    agent.write_check("guest.yaml", &guest_check());
+    agent.wait_status(&vm_id("g1"), "default/guest", "ok", WAIT);
+    guest_sh(
+        &qga,
+        "setsid sh -c 'sleep 1; killall qemu-ga; sleep 1; exec /usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run -b guest-file-open' </dev/null >/dev/console 2>&1 &",
+    );
+    let refused = agent.wait_status(&vm_id("g1"), "default/guest", "insufficient-data", BOOT);
+    let entry = check_of(&refused, "default/guest").unwrap().clone();
+    assert!(entry["message"].as_str().unwrap().contains("does not allow guest-file-open"), "{entry}");
+    agent.wait_status(&vm_id("g1"), "default/vm", "ok", WAIT);
+    assert_eq!(restarts(&agent.instance(&vm_id("g1"))), 1, "{}", refused["status"]);
 
     // QEMU dies: System impaired, and the VM is not counted as running any more.
     let pid = guest.pid();

@@ -430,11 +430,22 @@ fn probe(errors: &mut Errors, p: &api::Probe, target: Option<&TargetDef>) -> Opt
         if q.checks.is_empty() {
             errors.add(
                 "spec.probe.qmp.checks",
-                "at least one of runState, guestAgent, blockDevices, filesystems",
+                "at least one of runState, guestAgent, blockDevices, filesystems, readOnlyFilesystems, guestMemory, console",
             );
         }
         if !(1..=100).contains(&q.filesystem_usage_percent) {
             errors.add("spec.probe.qmp.filesystemUsagePercent", "must be from 1 to 100");
+        }
+        if !(1..=99).contains(&q.memory_available_percent) {
+            errors.add("spec.probe.qmp.memoryAvailablePercent", "must be from 1 to 99");
+        }
+        for (i, m) in q.read_only_allowed.iter().enumerate() {
+            if !m.starts_with('/') {
+                errors.add(
+                    format!("spec.probe.qmp.readOnlyAllowed[{i}]"),
+                    format!("{m:?} is not a mount point (an absolute path such as /boot)"),
+                );
+            }
         }
         let mut checks: Vec<String> = q
             .checks
@@ -451,6 +462,8 @@ fn probe(errors: &mut Errors, p: &api::Probe, target: Option<&TargetDef>) -> Opt
             checks,
             filesystem_usage_percent: q.filesystem_usage_percent,
             boot_grace: std::time::Duration::from_secs(u64::from(q.boot_grace_seconds)),
+            memory_available_percent: q.memory_available_percent,
+            read_only_allowed: q.read_only_allowed.clone(),
         })
     };
     (errors.0.len() == before).then_some(spec)

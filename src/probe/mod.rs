@@ -148,6 +148,12 @@ pub enum Reason {
     NoNeighbour,
     /// A VM's guest agent never answered within the boot grace: a stuck boot.
     Boot,
+    /// A filesystem that takes writes is mounted read-only (as after I/O errors).
+    ReadOnly,
+    /// Memory available is below the limit.
+    Memory,
+    /// The VM has neither a serial console nor a VNC server.
+    NoConsole,
 }
 
 impl Reason {
@@ -178,6 +184,9 @@ impl Reason {
             Reason::PacketLoss => "packet-loss",
             Reason::NoNeighbour => "no-neighbour",
             Reason::Boot => "boot",
+            Reason::ReadOnly => "read-only-filesystem",
+            Reason::Memory => "memory-exhausted",
+            Reason::NoConsole => "no-console",
         }
     }
 
@@ -207,6 +216,9 @@ pub enum Cause {
     Paused,
     /// No verdict yet (a HEALTHCHECK that has not run, a run state not read yet).
     Pending,
+    /// The runtime refused a command the probe needs (a guest agent that blocks
+    /// `guest-file-open`).
+    Disallowed,
     /// Something on this host failed (a command could not start, a socket could not be made).
     Local,
     /// A fault in vigil itself (a probe that panicked).
@@ -225,6 +237,7 @@ impl Cause {
             Cause::Gone => "gone",
             Cause::Paused => "paused",
             Cause::Pending => "pending",
+            Cause::Disallowed => "disallowed",
             Cause::Local => "local-error",
             Cause::Internal => "internal-error",
         }
@@ -246,6 +259,7 @@ pub const ALL_CAUSES: &[Cause] = &[
     Cause::Gone,
     Cause::Paused,
     Cause::Pending,
+    Cause::Disallowed,
     Cause::Local,
     Cause::Internal,
 ];
@@ -282,6 +296,9 @@ pub const ALL_REASONS: &[Reason] = &[
     Reason::PacketLoss,
     Reason::NoNeighbour,
     Reason::Boot,
+    Reason::ReadOnly,
+    Reason::Memory,
+    Reason::NoConsole,
 ];
 
 impl fmt::Display for Reason {
@@ -408,6 +425,10 @@ pub struct QmpSpec {
     pub filesystem_usage_percent: u8,
     /// How long a guest agent that never answered is a guest still booting.
     pub boot_grace: Duration,
+    /// Guest memory available below this percent is exhaustion.
+    pub memory_available_percent: u8,
+    /// Guest mount points read-only by design.
+    pub read_only_allowed: Vec<String>,
 }
 
 /// Where a probe goes.

@@ -8,6 +8,7 @@
 //! QEMU 7.2 does not send), so block queries are read as plain JSON. The guest agent is spoken
 //! directly: see [`qga`].
 
+pub mod guest;
 pub mod qga;
 
 use std::collections::BTreeMap;
@@ -127,6 +128,8 @@ pub struct Vm {
     pub host_cpu_percent: Option<f64>,
     /// The QEMU process's resident memory, bytes.
     pub host_rss_bytes: Option<u64>,
+    /// The QEMU process was alive (there, and not a zombie) at the last look at /proc.
+    pub process_alive: bool,
     /// The last CPU sample: user + system clock ticks, and when.
     pub cpu_sample: Option<(u64, std::time::Instant)>,
     /// When the guest started, as far as the agent saw: when QMP first said it runs, or its
@@ -188,14 +191,20 @@ impl Vm {
         text
     }
 
-    /// Samples the QEMU process: CPU since the last sample, resident memory now.
+    /// Samples the QEMU process: whether it is alive, CPU since the last sample, resident
+    /// memory now.
     fn sample_process(&mut self, now: std::time::Instant) {
         let Some(pid) = self.pid else { return };
-        let Ok(stat) = procfs::process::Process::new(pid).and_then(|p| p.stat()) else {
-            self.host_cpu_percent = None;
-            self.host_rss_bytes = None;
-            return;
+        let stat = match procfs::process::Process::new(pid).and_then(|p| p.stat()) {
+            Ok(stat) if stat.state != 'Z' => stat,
+            _ => {
+                self.process_alive = false;
+                self.host_cpu_percent = None;
+                self.host_rss_bytes = None;
+                return;
+            }
         };
+        self.process_alive = true;
         let ticks = stat.utime + stat.stime;
         if let Some((before, at)) = self.cpu_sample {
             let seconds = now.saturating_duration_since(at).as_secs_f64();
@@ -207,15 +216,6 @@ impl Vm {
         }
         self.cpu_sample = Some((ticks, now));
         self.host_rss_bytes = Some(stat.rss * procfs::page_size());
-    }
-
-    fn process_alive(&self) -> bool {
-        self.pid.is_some_and(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
-                .unwrap_or(false)
-        })
     }
 }
 
@@ -334,9 +334,8 @@ impl QemuRuntime {
             .vms
             .values()
             .map(|vm| {
-                let alive = vm.process_alive();
                 let system = vec![
-                    match (vm.pid, alive) {
+                    match (vm.pid, vm.process_alive) {
                         (Some(pid), true) => {
                             Observation::new("qemu-process", CheckStatus::Ok, vm.process_figures(pid))
                         }
@@ -443,10 +442,13 @@ impl QemuRuntime {
                 Err(e) => e.message(),
             };
             debug!(socket = %socket.display(), "QMP: {message}");
+            // QMP lost: is the process gone too? Looked at on every retry, as the sampling of
+            // a session is not there to tell.
             self.update(&socket, |vm| {
                 if vm.qmp.as_ref().err() != Some(&message) {
                     vm.qmp = Err(message);
                 }
+                vm.sample_process(std::time::Instant::now());
             });
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -491,7 +493,11 @@ impl QemuRuntime {
                 if let Some(name) = name.filter(|n| !n.is_empty()) {
                     vm.name = name;
                 }
-                vm.pid = pid.or(vm.pid);
+                if pid.is_some() && pid != vm.pid {
+                    vm.pid = pid;
+                    vm.cpu_sample = None;
+                }
+                vm.sample_process(std::time::Instant::now());
                 vm.vcpus = vcpus;
                 vm.memory_mb = memory_mb;
                 if status == "running" && vm.started_at.is_none() {
@@ -658,11 +664,111 @@ impl QemuRuntime {
                         Err(e) => return guest_agent_silent(&vm, &e, spec.boot_grace),
                     }
                 }
+                "readOnlyFilesystems" => {
+                    let text = match guest_file(&vm, "/proc/mounts", spec, timeout).await {
+                        Ok(text) => text,
+                        Err(outcome) => return outcome,
+                    };
+                    let (read_only, writable) = guest::read_only_filesystems(&text, &spec.read_only_allowed);
+                    if !read_only.is_empty() {
+                        return Outcome::unhealthy(
+                            Reason::ReadOnly,
+                            format!("mounted read-only in the guest: {}", read_only.join(", ")),
+                        );
+                    }
+                    passed.push(format!("{writable} guest filesystems writable"));
+                }
+                "guestMemory" => {
+                    let text = match guest_file(&vm, "/proc/meminfo", spec, timeout).await {
+                        Ok(text) => text,
+                        Err(outcome) => return outcome,
+                    };
+                    let Some((available, total)) = guest::memory(&text) else {
+                        return Outcome::unknown(
+                            Cause::Pending,
+                            "the guest's /proc/meminfo has no MemTotal and MemAvailable (or MemFree)",
+                        );
+                    };
+                    let percent = available as f64 / total as f64 * 100.0;
+                    let figures = format!(
+                        "{percent:.0}% of guest memory available ({} of {} MiB)",
+                        available / 1024,
+                        total / 1024
+                    );
+                    if percent < f64::from(spec.memory_available_percent) {
+                        return Outcome::unhealthy(
+                            Reason::Memory,
+                            format!("{figures}, below {}%", spec.memory_available_percent),
+                        );
+                    }
+                    passed.push(figures);
+                }
+                "console" => {
+                    let Some(service) = self.service(socket) else {
+                        return Outcome::unknown(Cause::RuntimeUnreachable, "QMP does not answer");
+                    };
+                    match consoles(&service).await {
+                        Ok((consoles, vnc)) => {
+                            let text = guest::describe(&consoles, vnc.as_ref());
+                            if consoles.is_empty() && !vnc.is_some_and(|v| v.enabled) {
+                                return Outcome::unhealthy(
+                                    Reason::NoConsole,
+                                    format!("no serial console and no VNC server ({text})"),
+                                );
+                            }
+                            passed.push(text);
+                        }
+                        Err(e) => {
+                            return Outcome::unknown(
+                                Cause::RuntimeUnreachable,
+                                format!("query-chardev: {e}"),
+                            );
+                        }
+                    }
+                }
                 other => return Outcome::unknown(Cause::Misconfigured, format!("unknown qmp check {other}")),
             }
         }
         Outcome::healthy(passed.join("; "))
     }
+}
+
+/// A file of the guest through its guest agent, or the outcome of not getting it: a command
+/// the guest agent refuses is `insufficient-data` naming it, silence is judged as for
+/// `guestAgent`.
+async fn guest_file(vm: &Vm, path: &str, spec: &QmpSpec, timeout: Duration) -> Result<String, Outcome> {
+    let Some(qga_socket) = vm.qga_socket() else {
+        return Err(Outcome::unknown(Cause::NoGuestAgent, "no guest-agent socket beside the QMP socket"));
+    };
+    match guest::read_file(&qga_socket, path, timeout).await {
+        Ok(text) => Ok(text),
+        Err(qga::QgaError::Refused { command, message }) => Err(Outcome::unknown(
+            Cause::Disallowed,
+            format!("the guest agent does not allow {command} ({path}): {message}"),
+        )),
+        Err(e) => Err(guest_agent_silent(vm, &e, spec.boot_grace)),
+    }
+}
+
+/// The VM's serial consoles (the chardevs its serial devices use) and its VNC server, if QEMU
+/// has VNC at all.
+async fn consoles(service: &Service) -> Result<(Vec<guest::Console>, Option<qmp::VncInfo>), String> {
+    let chardevs = service.execute(qmp::query_chardev {}).await.map_err(|e| e.to_string())?;
+    let mut serial = Vec::new();
+    for folder in guest::DEVICE_FOLDERS {
+        let Ok(children) = service.execute(qmp::qom_list { path: (*folder).to_owned() }).await else {
+            continue;
+        };
+        for child in children.iter().filter(|c| guest::CONSOLE_DEVICES.contains(&c.type_.as_str())) {
+            let path = format!("{folder}/{}", child.name);
+            let chardev = service.execute(qmp::qom_get { path, property: "chardev".to_owned() }).await;
+            if let Some(label) = chardev.ok().as_ref().and_then(Value::as_str) {
+                serial.push(label.to_owned());
+            }
+        }
+    }
+    let vnc = service.execute(qmp::query_vnc {}).await.ok();
+    Ok((guest::consoles(&chardevs, &serial), vnc))
 }
 
 /// A guest agent that does not answer: a failure once it has answered since the guest started;
@@ -708,6 +814,7 @@ fn new_vm(socket: &Path) -> Vm {
         memory_mb: 0,
         host_cpu_percent: None,
         host_rss_bytes: None,
+        process_alive: false,
         cpu_sample: None,
         started_at: None,
         status: None,

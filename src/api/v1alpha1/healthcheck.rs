@@ -417,7 +417,9 @@ pub struct DockerProbe {}
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct QmpProbe {
-    /// Which checks run. Default: all of them.
+    /// Which checks run. Default: `runState`, `guestAgent`, `blockDevices` and `filesystems`;
+    /// `readOnlyFilesystems`, `guestMemory` and `console` run when listed (the first two need a
+    /// guest agent that allows `guest-file-open`, which some distributions block).
     #[serde(default = "QmpCheck::all")]
     pub checks: Vec<QmpCheck>,
 
@@ -433,6 +435,21 @@ pub struct QmpProbe {
     #[serde(default = "default_boot_grace")]
     #[schemars(range(min = 1))]
     pub boot_grace_seconds: u32,
+
+    /// With `guestMemory`, memory available in the guest (`MemAvailable` of its
+    /// `/proc/meminfo`) below this percent of its total is memory exhaustion.
+    #[serde(default = "default_memory_percent")]
+    #[schemars(range(min = 1, max = 99))]
+    pub memory_available_percent: u8,
+
+    /// With `readOnlyFilesystems`, mount points that are read-only by design (`/boot`, a
+    /// recovery partition): not a failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only_allowed: Vec<String>,
+}
+
+fn default_memory_percent() -> u8 {
+    5
 }
 
 fn default_fs_percent() -> u8 {
@@ -456,6 +473,16 @@ pub enum QmpCheck {
     BlockDevices,
     /// `guest-get-fsinfo`: no guest filesystem above `filesystemUsagePercent`.
     Filesystems,
+    /// The guest's `/proc/mounts`, read through the guest agent: no block-device filesystem
+    /// that takes writes (ext4, xfs, btrfs…) mounted read-only, as the kernel does after I/O
+    /// errors, unless listed in `readOnlyAllowed`.
+    ReadOnlyFilesystems,
+    /// The guest's `/proc/meminfo`, read through the guest agent: memory available above
+    /// `memoryAvailablePercent`.
+    GuestMemory,
+    /// `query-chardev`, `query-vnc`: the VM has a serial console or a VNC server, named in the
+    /// message (whether open, where).
+    Console,
 }
 
 impl QmpCheck {
