@@ -231,6 +231,8 @@ pub struct InstanceSample {
     pub instance: bool,
     /// Attached-volume status check impaired.
     pub volumes: bool,
+    /// The owner's verdict in force: impaired (`true`) or ok; `None` without one.
+    pub reported_impaired: Option<bool>,
 }
 
 /// One HealthCheck's probe durations, as scraped.
@@ -359,6 +361,12 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "vigil_status_check_failed_attached_volume",
         help: "1 when the Attached-volume status check of the instance is impaired.",
+        kind: MetricType::GAUGE,
+        labels: &INSTANCE_LABELS,
+    },
+    Family {
+        name: "vigil_instance_reported_impaired",
+        help: "1 while the instance's owner reports it impaired, 0 while they report it ok (spec.report); absent without a report in force.",
         kind: MetricType::GAUGE,
         labels: &INSTANCE_LABELS,
     },
@@ -508,7 +516,11 @@ impl ViewCollector {
                             7 => inst.system || inst.instance || inst.volumes,
                             8 => inst.system,
                             9 => inst.instance,
-                            _ => inst.volumes,
+                            10 => inst.volumes,
+                            _ => match inst.reported_impaired {
+                                Some(impaired) => impaired,
+                                None => continue,
+                            },
                         };
                         push_series(
                             out,
@@ -601,6 +613,7 @@ mod tests {
                 system: false,
                 instance: true,
                 volumes: false,
+                reported_impaired: Some(true),
             }],
             checks: vec![CheckSample {
                 namespace: "default".into(),
@@ -619,6 +632,7 @@ mod tests {
             "vigil_probe_duration_seconds_bucket{namespace=\"default\",healthcheck=\"web\",probe=\"http\",le=\"+Inf\"} 1",
             "vigil_probe_duration_seconds_count{namespace=\"default\",healthcheck=\"web\",probe=\"http\"} 1",
             "vigil_status_check_failed{instance_id=\"endpoint-a\",instance_kind=\"Endpoint\"} 1",
+            "vigil_instance_reported_impaired{instance_id=\"endpoint-a\",instance_kind=\"Endpoint\"} 1",
             "vigil_status_check_failed_system{instance_id=\"endpoint-a\",instance_kind=\"Endpoint\"} 0",
             "vigil_restarts_total{namespace=\"default\",healthcheck=\"web\",instance_id=\"endpoint-a\",action=\"exec\",result=\"success\"} 1",
         ] {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::agent::{Agent, check_of, request, request_full};
 use support::servers::{self, HttpTarget};
 
@@ -1144,4 +1144,78 @@ fn arp_probes_see_whether_the_neighbour_answers() {
     let (code, out) = pair.check(&["arp://127.0.0.1"]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("loopback"), "{out}");
+}
+
+/// ReportInstanceStatus standalone: the owner's verdict, a file in the state folder's
+/// `reports/`, shows in the instance, its Events and metrics while its window lasts; it never
+/// changes the status checks nor triggers the check's action; a bad file is refused by field and
+/// the last valid one stays.
+#[test]
+fn an_owners_report_shows_beside_the_checks_and_never_acts() {
+    let rt = runtime();
+    let target = rt.block_on(HttpTarget::start());
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("restarted");
+    let agent = Agent::start(&dir.path().join("agent"), &[]);
+    // A check that would act (exec) if the target were impaired.
+    let action =
+        format!("  action:\n    type: exec\n    exec:\n      command: [touch, {}]\n", marker.display());
+    agent.write_check("web.yaml", &endpoint_http("web", &target.address(), &action));
+    let id = endpoint_id(&target.address());
+    agent.wait_status(&id, "default/web", "ok", WAIT);
+    let reports = agent.state.join("reports");
+    assert!(reports.is_dir(), "the agent makes the reports folder");
+
+    std::fs::write(
+        reports.join(format!("{id}.yaml")),
+        "status: impaired\nreasons: [unresponsive, performance-network]\ndescription: ssh hangs after login\n",
+    )
+    .unwrap();
+    let reported = agent.wait_for(&format!("/v1/instances/{id}"), "the report in force", WAIT, |d| {
+        d["data"]["status"]["reported"] == "impaired"
+    })["data"]
+        .clone();
+    assert_eq!(reported["spec"]["report"]["reasons"], json!(["unresponsive", "performance-network"]));
+    assert_eq!(reported["status"]["instanceStatus"]["status"], "ok", "a report is not a check");
+    let (_, metrics) = agent.get("/metrics");
+    let series =
+        format!("vigil_instance_reported_impaired{{instance_id=\"{id}\",instance_kind=\"Endpoint\"}} 1");
+    assert!(metrics.contains(&series), "{series} not in\n{metrics}");
+    support::agent::promtool_check(&metrics);
+    let (_, body) = agent.get("/v1/events?since=0&follow=false");
+    let report = sse_events(&body).into_iter().find(|(_, e, _)| e == "report").map(|(_, _, d)| d);
+    let report = report.unwrap_or_else(|| panic!("no report event in {body}"));
+    assert_eq!(report["instanceId"], id.as_str());
+    assert_eq!(report["reported"], "impaired");
+    assert_eq!(report["description"], "ssh hangs after login");
+
+    // An invalid edit is refused, naming the field; the valid report stays in force.
+    std::fs::write(reports.join(format!("{id}.yaml")), "status: impaired\nreasons: [slow]\n").unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !agent.logs().contains("invalid report") {
+        assert!(Instant::now() < deadline, "the bad report was not refused:\n{}", agent.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent.logs().contains("reasons[0]"), "the refusal names the field:\n{}", agent.logs());
+    assert_eq!(agent.instance(&id)["status"]["reported"], "impaired");
+
+    // A window that has ended: no verdict in force, the metric gone, an event saying so.
+    std::fs::write(
+        reports.join(format!("{id}.yaml")),
+        "status: ok\nstartTime: 2020-01-01T00:00:00Z\nendTime: 2020-01-02T00:00:00Z\n",
+    )
+    .unwrap();
+    let ended = agent.wait_for(&format!("/v1/instances/{id}"), "the report out of force", WAIT, |d| {
+        d["data"]["status"].get("reported").is_none() && d["data"]["spec"]["report"]["status"] == "ok"
+    });
+    assert!(ended["data"]["status"].get("reported").is_none());
+    let (_, metrics) = agent.get("/metrics");
+    assert!(!metrics.contains("vigil_instance_reported_impaired{"), "{metrics}");
+    let (_, body) = agent.get("/v1/events?since=0&follow=false");
+    let reports_seen: Vec<Value> =
+        sse_events(&body).into_iter().filter(|(_, e, _)| e == "report").map(|(_, _, d)| d).collect();
+    assert_eq!(reports_seen.len(), 2, "{reports_seen:?}");
+    assert_eq!(reports_seen[1]["reported"], Value::Null);
+    assert!(!marker.exists(), "a report never triggers the action");
+    assert_eq!(agent.instance(&id)["status"]["restarts"]["count"], 0);
 }

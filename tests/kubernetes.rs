@@ -999,6 +999,78 @@ async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
     let written = writes(&failing);
     assert!((1..=4).contains(&written), "{written} writes for one transition: {:?}", failing.all());
 
+    // ReportInstanceStatus: the owner patches their verdict into spec.report. The API server
+    // refuses an impaired one without a reason; a valid one is in status.reported and an Event,
+    // the field stays the owner's (the agent's applies leave it alone), and removing it ends it.
+    let refused = statuses
+        .patch(
+            "pod-web-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"report": {"status": "impaired"}}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("an impaired report needs at least one reason"), "{refused}");
+    let report = json!({"spec": {"report": {"status": "impaired", "reasons": ["unresponsive"],
+        "description": "users see timeouts"}}});
+    statuses
+        .patch(
+            "pod-web-1",
+            &PatchParams { field_manager: Some("owner".to_owned()), ..Default::default() },
+            &Patch::Merge(report),
+        )
+        .await
+        .unwrap();
+    let reported = eventually("status.reported is impaired", Duration::from_secs(20), || async {
+        statuses.get("pod-web-1").await.ok().filter(|d| {
+            d.status.as_ref().and_then(|s| s.reported) == Some(vigil::api::ReportedStatus::Impaired)
+        })
+    })
+    .await;
+    assert_eq!(check_status(&reported).as_deref(), Some("impaired"), "the checks are the checks");
+    let report_owners: Vec<String> = reported
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.fields_v1.as_ref().is_some_and(|f| f.0["f:spec"].get("f:report").is_some()))
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(report_owners, ["owner"], "only the owner manages spec.report");
+    let event =
+        eventually("an Event says the owner reports it impaired", Duration::from_secs(20), || async {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("ReportedImpaired"))
+        })
+        .await;
+    assert!(
+        event.note.as_deref().unwrap_or("").contains("(unresponsive): users see timeouts"),
+        "{:?}",
+        event.note
+    );
+    let metric = format!(
+        "vigil_instance_reported_impaired{{instance_id=\"{namespace}.pod-web-1\",instance_kind=\"Pod\"}} 1"
+    );
+    assert!(metrics_of(agent.addr.port()).contains(&metric), "{metric}");
+    statuses
+        .patch("pod-web-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"report": null}})))
+        .await
+        .unwrap();
+    let ended = eventually("the report no longer in force", Duration::from_secs(20), || async {
+        statuses
+            .get("pod-web-1")
+            .await
+            .ok()
+            .filter(|d| d.status.as_ref().is_some_and(|s| s.reported.is_none()))
+    })
+    .await;
+    assert_eq!(ended.spec.report, None, "the agent does not put the owner's report back");
+
     // The pod goes (at once: without a kubelet, a graceful deletion never completes), and so
     // does its InstanceStatus.
     let now = kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };

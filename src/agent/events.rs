@@ -125,6 +125,13 @@ pub fn to_json(event: &EngineEvent, node: &str) -> (&'static str, Value) {
                 "action": action, "succeeded": succeeded, "message": message,
             }),
         ),
+        EngineEvent::Reported { instance_id, status, reasons, description, at } => (
+            "report",
+            json!({
+                "time": at.to_string(), "node": node, "instanceId": instance_id,
+                "reported": status.map(|s| s.as_str()), "reasons": reasons, "description": description,
+            }),
+        ),
     }
 }
 
@@ -174,24 +181,15 @@ pub async fn stream(
     let q = match query {
         Ok(Query(q)) => q,
         Err(e) => {
-            return api_http::error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{}; the parameters are since (an event id) and follow (true or false)",
-                    e.body_text()
-                ),
+            return api_http::bad_query(
+                &e,
+                "the parameters are since (an event id) and follow (true or false)",
             );
         }
     };
-    let follow = match q.follow.as_deref() {
-        None | Some("true") | Some("1") => true,
-        Some("false") | Some("0") => false,
-        Some(other) => {
-            return api_http::error(
-                StatusCode::BAD_REQUEST,
-                format!("follow: {other:?} is not true or false"),
-            );
-        }
+    let follow = match api_http::flag("follow", q.follow.as_deref(), true) {
+        Ok(follow) => follow,
+        Err(message) => return api_http::error(StatusCode::BAD_REQUEST, message),
     };
     let header = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let since = match (header, q.since) {

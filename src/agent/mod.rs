@@ -169,6 +169,15 @@ pub enum AgentError {
     /// The checks folder cannot be read.
     #[error(transparent)]
     Checks(#[from] FolderError),
+    /// The reports folder cannot be made.
+    #[error("cannot make the reports folder {dir}")]
+    ReportsFolder {
+        /// The folder.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The listener could not be bound.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -499,6 +508,12 @@ fn standalone(
     store.restore(saved.instances);
     let source = FolderSource::open(checks_dir, secs(config.rescan_interval_seconds))?;
     info!(dir = %checks_dir.display(), "checks folder read");
+    let reports = crate::source::reports::ReportFolder::open(&state_dir.join("reports"))
+        .map_err(|source| AgentError::ReportsFolder { dir: state_dir.join("reports"), source })?;
+    let report_store = store.clone();
+    let follow_reports: Task = Box::new(move |cancel| {
+        Box::pin(crate::source::reports::follow_folder(reports, report_store, cancel))
+    });
     let reporter = Reporter::new(
         dir,
         store.clone(),
@@ -511,7 +526,7 @@ fn standalone(
         source: Box::new(source),
         reporter: Box::new(move |cancel| Box::pin(reporter.run(cancel.cancelled_owned()))),
         inventories: Vec::new(),
-        tasks: Vec::new(),
+        tasks: vec![("reports folder", follow_reports)],
         node_labels: None,
         reviewer: None,
     })
@@ -601,6 +616,15 @@ async fn kubernetes(
             })
         }),
     ));
+    {
+        let (client, store, node) = (client.clone(), store.clone(), node.clone());
+        tasks.push((
+            "report watch",
+            Box::new(move |cancel| {
+                Box::pin(crate::source::reports::watch_cluster(client, node, store, cancel))
+            }),
+        ));
+    }
     {
         let (client, store, node) = (client.clone(), store.clone(), node.clone());
         tasks.push((

@@ -150,6 +150,20 @@ pub enum EngineEvent {
         /// When.
         at: jiff::Timestamp,
     },
+    /// The owner's verdict in force on an instance changed (a report written, removed, its
+    /// window begun or ended).
+    Reported {
+        /// The instance.
+        instance_id: String,
+        /// The verdict now; `None` when none is in force any more.
+        status: Option<crate::api::ReportedStatus>,
+        /// Its reasons.
+        reasons: Vec<&'static str>,
+        /// Its description.
+        description: Option<String>,
+        /// When.
+        at: jiff::Timestamp,
+    },
 }
 
 /// How many events a reader may fall behind before it misses some.

@@ -373,7 +373,9 @@ fn object_body(doc: &InstanceStatus) -> Value {
             "labels": doc.metadata.labels,
             "ownerReferences": doc.metadata.owner_references,
         },
-        "spec": doc.spec,
+        // Not `spec.report`: the owner's field, set with `kubectl patch`. Applied by the agent,
+        // it would be the agent's, and taken away again when the owner removes it.
+        "spec": {"instance": doc.spec.instance},
     })
 }
 
@@ -397,7 +399,7 @@ fn meta_hash(doc: &InstanceStatus) -> u64 {
     let mut labels = doc.metadata.labels.clone().unwrap_or_default();
     labels.retain(|k, _| k.starts_with("vigil.dev/"));
     let owners = doc.metadata.owner_references.clone().unwrap_or_default();
-    hash_value(&json!({"labels": labels, "owners": owners, "spec": doc.spec}))
+    hash_value(&json!({"labels": labels, "owners": owners, "instance": doc.spec.instance}))
 }
 
 /// The status, without what changes on every probe.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::render;
-use crate::api::{self, CheckStatus, InstanceKind};
+use crate::api::{self, CheckStatus, InstanceKind, ReportedStatus};
 use crate::cluster::EVENT_REPORTER;
 use crate::engine::feed::EngineEvent;
 use crate::engine::store::Store;
@@ -99,6 +99,33 @@ pub fn event_for(event: &EngineEvent, instance: &InstanceView, namespace: &str) 
             action: action_name(action).to_owned(),
             secondary: related,
         },
+        EngineEvent::Reported { status, reasons, description, .. } => {
+            let said = match (reasons.is_empty(), description) {
+                (false, Some(d)) => format!(" ({}): {d}", reasons.join(", ")),
+                (false, None) => format!(" ({})", reasons.join(", ")),
+                (true, Some(d)) => format!(": {d}"),
+                (true, None) => String::new(),
+            };
+            Event {
+                type_: if *status == Some(ReportedStatus::Impaired) {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: match status {
+                    Some(ReportedStatus::Impaired) => "ReportedImpaired",
+                    Some(ReportedStatus::Ok) => "ReportedOk",
+                    None => "ReportEnded",
+                }
+                .to_owned(),
+                note: Some(truncate(match status {
+                    Some(s) => format!("the owner reports the instance {}{said}", s.as_str()),
+                    None => "the owner's report is no longer in force".to_owned(),
+                })),
+                action: "Report".to_owned(),
+                secondary: related,
+            }
+        }
     };
     (event, regarding)
 }
@@ -128,7 +155,9 @@ fn truncate(mut note: String) -> String {
 
 fn instance_of(event: &EngineEvent) -> &str {
     match event {
-        EngineEvent::Transition { instance_id, .. } | EngineEvent::Action { instance_id, .. } => instance_id,
+        EngineEvent::Transition { instance_id, .. }
+        | EngineEvent::Action { instance_id, .. }
+        | EngineEvent::Reported { instance_id, .. } => instance_id,
     }
 }
 

@@ -130,6 +130,7 @@ pub fn instance_status(view: &InstanceView, namespace: &str) -> InstanceStatus {
                 node: i.node.clone(),
                 address: i.address.clone(),
             },
+            report: view.report.clone(),
         },
     );
     // A pod's InstanceStatus belongs to the pod: the garbage collector removes it with it.
@@ -163,6 +164,7 @@ pub fn instance_status(view: &InstanceView, namespace: &str) -> InstanceStatus {
             last_reason: last.map(|r| r.message.clone()),
             recent,
         },
+        reported: view.reported,
     });
     doc
 }

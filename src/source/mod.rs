@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod folder;
+pub mod reports;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

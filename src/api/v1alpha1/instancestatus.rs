@@ -1,7 +1,7 @@
 //! `InstanceStatus`: one per monitored instance, read like EC2's DescribeInstanceStatus.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Instance","type":"string","jsonPath":".status.instanceStatus.status"}"#,
     printcolumn = r#"{"name":"Volumes","type":"string","jsonPath":".status.attachedVolumeStatus.status"}"#,
     printcolumn = r#"{"name":"Restarts","type":"integer","jsonPath":".status.restarts.count","priority":1}"#,
+    printcolumn = r#"{"name":"Reported","type":"string","jsonPath":".status.reported","priority":1}"#,
     printcolumn = r#"{"name":"Name","type":"string","jsonPath":".spec.instance.name","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -31,6 +32,107 @@ use serde::{Deserialize, Serialize};
 pub struct InstanceStatusSpec {
     /// Which instance.
     pub instance: InstanceRef,
+
+    /// The owner's own verdict on the instance, as EC2's ReportInstanceStatus takes it: set it
+    /// with `kubectl patch` (the agent never writes this field). It shows in `status.reported`,
+    /// in Events and in the `vigil_instance_reported_impaired` metric while its time window
+    /// lasts, and never triggers an action by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<UserReport>,
+}
+
+/// A verdict of the instance's owner: `impaired` with reasons, or `ok`, for a time window.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = kube::core::Rule::new("self.status != 'impaired' || (has(self.reasons) && size(self.reasons) > 0)")
+    .message("an impaired report needs at least one reason"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.startTime) || !has(self.endTime) || self.endTime > self.startTime")
+    .message("endTime must be after startTime"))]
+#[serde(rename_all = "camelCase")]
+pub struct UserReport {
+    /// `impaired` or `ok`.
+    pub status: ReportedStatus,
+    /// What is wrong, in EC2's reason codes; at least one with `impaired`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<ReportReason>,
+    /// What the owner saw, in their words (at most 512 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub description: Option<String>,
+    /// When the verdict begins to hold. Absent: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When it stops holding. Absent: until the report is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Time>,
+}
+
+impl UserReport {
+    /// Whether the verdict holds at `now`: its window has begun and not ended.
+    pub fn in_effect(&self, now: jiff::Timestamp) -> bool {
+        self.start_time.as_ref().is_none_or(|t| t.0 <= now)
+            && self.end_time.as_ref().is_none_or(|t| now < t.0)
+    }
+}
+
+/// The owner's verdict.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ReportedStatus {
+    /// The instance works, whatever the checks say.
+    Ok,
+    /// The instance is impaired, whatever the checks say.
+    Impaired,
+}
+
+impl ReportedStatus {
+    /// The name as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportedStatus::Ok => "ok",
+            ReportedStatus::Impaired => "impaired",
+        }
+    }
+}
+
+/// Why the owner reports an instance impaired: EC2's ReportInstanceStatus reason codes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReportReason {
+    /// It stays in one run state (stuck stopping, stuck booting).
+    InstanceStuckInState,
+    /// It does not answer.
+    Unresponsive,
+    /// It refuses valid credentials.
+    NotAcceptingCredentials,
+    /// Its password or secret cannot be had.
+    PasswordNotAvailable,
+    /// Its network is slow or lossy.
+    PerformanceNetwork,
+    /// Its local disks are slow.
+    PerformanceInstanceStore,
+    /// Its attached volumes are slow.
+    PerformanceEbsVolume,
+    /// It is slow otherwise.
+    PerformanceOther,
+    /// Anything else (say what in the description).
+    Other,
+}
+
+impl ReportReason {
+    /// The name as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportReason::InstanceStuckInState => "instance-stuck-in-state",
+            ReportReason::Unresponsive => "unresponsive",
+            ReportReason::NotAcceptingCredentials => "not-accepting-credentials",
+            ReportReason::PasswordNotAvailable => "password-not-available",
+            ReportReason::PerformanceNetwork => "performance-network",
+            ReportReason::PerformanceInstanceStore => "performance-instance-store",
+            ReportReason::PerformanceEbsVolume => "performance-ebs-volume",
+            ReportReason::PerformanceOther => "performance-other",
+            ReportReason::Other => "other",
+        }
+    }
 }
 
 /// Identity of a monitored instance.
@@ -109,6 +211,11 @@ pub struct InstanceStatusStatus {
     /// Remediation actions taken on this instance.
     #[serde(default)]
     pub restarts: Restarts,
+
+    /// The owner's verdict in force now (`spec.report`, within its time window); absent when
+    /// none is. Beside the checks above, never part of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported: Option<ReportedStatus>,
 }
 
 /// Run state of an instance.

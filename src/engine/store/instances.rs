@@ -6,10 +6,48 @@ use jiff::Timestamp;
 
 use super::results::Slots;
 use super::view::{Claims, DetailView, InstanceView, ResultView, Summary};
-use crate::api::{CheckStatus, InstanceKind, InstanceState};
+use crate::api::{CheckStatus, InstanceKind, InstanceState, ReportedStatus, UserReport};
 use crate::engine::remediation::book::Book;
 use crate::engine::state::CheckState;
 use crate::inventory::{Instance, Observation};
+
+/// The same instance but for the messages of its observations. Every field is named, so that a
+/// new one cannot be forgotten here.
+fn same_but_messages(a: &Instance, b: &Instance) -> bool {
+    let Instance {
+        id,
+        namespace,
+        kind,
+        name,
+        node,
+        address,
+        labels,
+        state,
+        claimed,
+        runtime_id,
+        on_hold,
+        ports,
+        system,
+        volumes,
+    } = a;
+    let same_observations = |x: &[Observation], y: &[Observation]| {
+        x.len() == y.len() && x.iter().zip(y).all(|(x, y)| x.name == y.name && x.status == y.status)
+    };
+    *id == b.id
+        && *namespace == b.namespace
+        && *kind == b.kind
+        && *name == b.name
+        && *node == b.node
+        && *address == b.address
+        && *labels == b.labels
+        && *state == b.state
+        && *claimed == b.claimed
+        && *runtime_id == b.runtime_id
+        && *on_hold == b.on_hold
+        && *ports == b.ports
+        && same_observations(system, &b.system)
+        && same_observations(volumes, &b.volumes)
+}
 
 /// A detail of a status check, with its impaired time kept across observations.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,6 +119,9 @@ pub(super) struct InstanceEntry {
     /// The instance's own System and Attached-volume details.
     pub(super) own_system: Vec<Detail>,
     pub(super) own_volumes: Vec<Detail>,
+    /// The owner's report on it, as last taken, and the verdict of it in force then.
+    pub(super) report: Option<Box<UserReport>>,
+    pub(super) reported: Option<ReportedStatus>,
 }
 
 impl InstanceEntry {
@@ -95,6 +136,8 @@ impl InstanceEntry {
             restored_checks: Vec::new(),
             own_system: merge_details(&[], instance.system.clone(), now),
             own_volumes: merge_details(&[], instance.volumes.clone(), now),
+            report: None,
+            reported: None,
             instance,
         }
     }
@@ -106,14 +149,7 @@ impl InstanceEntry {
         if self.instance == instance {
             return Update::Unchanged;
         }
-        let without_messages = |i: &Instance| {
-            let mut i = i.clone();
-            for o in i.system.iter_mut().chain(i.volumes.iter_mut()) {
-                o.message.clear();
-            }
-            i
-        };
-        let significant = without_messages(&self.instance) != without_messages(&instance);
+        let significant = !same_but_messages(&self.instance, &instance);
         self.own_system = merge_details(&self.own_system, instance.system.clone(), now);
         self.own_volumes = merge_details(&self.own_volumes, instance.volumes.clone(), now);
         self.instance = instance;
@@ -194,6 +230,8 @@ impl InstanceEntry {
                 .collect(),
             restarts: self.book.count(),
             recent: self.book.history().cloned().collect(),
+            report: self.report.as_deref().cloned(),
+            reported: self.reported,
         }
     }
 }

@@ -35,7 +35,7 @@ use super::remediation::book::Book;
 use super::remediation::{self, ActionRecord, Decision};
 use super::state::{Thresholds, Transition};
 use crate::action::ActionRequest;
-use crate::api::{CheckStatus, HealthCheckSpec};
+use crate::api::{CheckStatus, HealthCheckSpec, UserReport};
 use crate::inventory::Instance;
 use crate::inventory::host::HostHealth;
 use crate::metrics::{AgentMetrics, DurationHistogram};
@@ -108,6 +108,8 @@ struct Inner {
     checks: HashMap<CheckKey, CheckEntry>,
     host: HostDetails,
     restored: HashMap<String, Restored>,
+    /// The owners' reports, by instance id or name.
+    reports: HashMap<String, UserReport>,
     feed: Feed,
 }
 
@@ -582,6 +584,57 @@ impl Store {
         drop(inner);
         self.publish();
         let _ = self.events.send(event);
+    }
+
+    /// Takes the owners' reports (all of them, by instance id or name), then applies them as
+    /// [`Store::refresh_reports`] does.
+    pub fn set_reports(&self, reports: HashMap<String, UserReport>) {
+        self.lock().reports = reports;
+        self.refresh_reports();
+    }
+
+    /// Gives every instance its owner's report and the verdict of it in force now; a verdict
+    /// that changed is an [`EngineEvent::Reported`]. Called when reports change and
+    /// periodically, for windows that begin or end, and for instances that appeared since.
+    /// A report never touches the status checks or remediation.
+    pub fn refresh_reports(&self) {
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let mut changed = Vec::new();
+        let mut events = Vec::new();
+        for (id, e) in &mut inner.instances {
+            let report = inner.reports.get(id).or_else(|| inner.reports.get(&e.instance.name));
+            let reported = report.filter(|r| r.in_effect(now)).map(|r| r.status);
+            if e.report.as_deref() == report && e.reported == reported {
+                continue;
+            }
+            if e.reported != reported {
+                let shown = reported.and(report);
+                events.push(EngineEvent::Reported {
+                    instance_id: id.clone(),
+                    status: reported,
+                    reasons: shown
+                        .map(|r| r.reasons.iter().map(|x| x.as_str()).collect())
+                        .unwrap_or_default(),
+                    description: shown.and_then(|r| r.description.clone()),
+                    at: now,
+                });
+            }
+            e.report = report.cloned().map(Box::new);
+            e.reported = reported;
+            changed.push(id.clone());
+        }
+        for id in &changed {
+            inner.changed_instance(id);
+        }
+        drop(guard);
+        if !changed.is_empty() {
+            self.publish();
+        }
+        for event in events {
+            let _ = self.events.send(event);
+        }
     }
 
     /// Sets the host's own observations (System and Attached volumes of the host, and the

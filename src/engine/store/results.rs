@@ -183,6 +183,7 @@ impl SampleSource for Store {
                 system: e.failed[0],
                 instance: e.failed[1],
                 volumes: e.failed[2],
+                reported_impaired: e.reported.map(|r| r == crate::api::ReportedStatus::Impaired),
             });
         }
         for (key, c) in &inner.checks {

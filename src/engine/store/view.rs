@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use crate::api::{CheckStatus, HealthCheckSpec, HealthCheckStatus};
+use crate::api::{CheckStatus, HealthCheckSpec, HealthCheckStatus, ReportedStatus, UserReport};
 use crate::engine::remediation::ActionRecord;
 use crate::engine::state::CheckState;
 use crate::inventory::Instance;
@@ -28,6 +28,10 @@ pub struct InstanceView {
     pub restarts: u32,
     /// The latest of them, oldest first.
     pub recent: Vec<ActionRecord>,
+    /// The owner's report on it, if any.
+    pub report: Option<UserReport>,
+    /// The owner's verdict in force now.
+    pub reported: Option<ReportedStatus>,
 }
 
 /// A status check: the worst of its details.
