@@ -884,6 +884,23 @@ impl Drop for ControllerProcess {
 /// counted in another's steady state), and a controller reconciles every namespace.
 static AGENTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The first Event of `events` with `reason`, waited for.
+async fn event_with_reason(
+    events: &Api<k8s_openapi::api::events::v1::Event>,
+    reason: &str,
+) -> k8s_openapi::api::events::v1::Event {
+    eventually(&format!("an Event {reason}"), Duration::from_secs(20), || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+    })
+    .await
+}
+
 /// The agent in Kubernetes mode against the real API server: a pod on its node (its status set
 /// by the test, as there is no kubelet) probed at its IP on the named port; the pod's
 /// InstanceStatus in the pod's namespace, owned by the Pod; the node's Lease; writes only on
@@ -974,16 +991,7 @@ async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
     .await;
     // An Event for people, regarding the InstanceStatus and related to the Pod.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &namespace);
-    let impaired = eventually("an Event says the check is impaired", Duration::from_secs(20), || async {
-        events
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("CheckImpaired"))
-    })
-    .await;
+    let impaired = event_with_reason(&events, "CheckImpaired").await;
     let regarding = impaired.regarding.clone().unwrap_or_default();
     assert_eq!(
         (regarding.kind.as_deref(), regarding.name.as_deref()),
@@ -1037,17 +1045,7 @@ async fn an_agent_in_a_cluster_reports_its_pods_only_on_change() {
         .filter_map(|m| m.manager.clone())
         .collect();
     assert_eq!(report_owners, ["owner"], "only the owner manages spec.report");
-    let event =
-        eventually("an Event says the owner reports it impaired", Duration::from_secs(20), || async {
-            events
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some("ReportedImpaired"))
-        })
-        .await;
+    let event = event_with_reason(&events, "ReportedImpaired").await;
     assert!(
         event.note.as_deref().unwrap_or("").contains("(unresponsive): users see timeouts"),
         "{:?}",
