@@ -97,7 +97,7 @@ fn kubectl_scenario(kubectl: &Kubectl) {
     // An InstanceStatus as the agent writes it: the object, then its status subresource.
     let ist = "apiVersion: vigil.dev/v1alpha1\nkind: InstanceStatus\nmetadata:\n  name: pod-shop-web-1\n  namespace: shop\nspec:\n  instance:\n    kind: Pod\n    id: shop/web-1\n    name: web-1\n    node: node-a\n";
     kubectl.ok_stdin(&["apply", "-f", "-"], ist);
-    let status = r#"{"status":{"state":"running","systemStatus":{"status":"ok"},"instanceStatus":{"status":"impaired","details":[{"name":"web","status":"impaired","impairedSince":"2026-01-01T00:00:00Z"}]},"attachedVolumeStatus":{"status":"ok"},"restarts":{"count":2}}}"#;
+    let status = r#"{"status":{"state":"running","systemStatus":{"status":"ok"},"instanceStatus":{"status":"impaired","details":[{"name":"web","status":"impaired","impairedSince":"2026-01-01T00:00:00Z"}]},"attachedVolumeStatus":{"status":"ok"},"restarts":{"count":2},"reported":"impaired"}}"#;
     kubectl.ok(&[
         "patch",
         "ist",
@@ -113,12 +113,15 @@ fn kubectl_scenario(kubectl: &Kubectl) {
     let mut lines = wide.lines();
     assert_eq!(
         words(lines.next().unwrap()),
-        ["NAME", "NODE", "KIND", "STATE", "SYSTEM", "INSTANCE", "VOLUMES", "RESTARTS", "NAME", "AGE"]
+        [
+            "NAME", "NODE", "KIND", "STATE", "SYSTEM", "INSTANCE", "VOLUMES", "RESTARTS", "REPORTED", "NAME",
+            "AGE"
+        ]
     );
     let row = words(lines.next().unwrap());
     assert_eq!(
-        &row[..9],
-        ["pod-shop-web-1", "node-a", "Pod", "running", "ok", "impaired", "ok", "2", "web-1"],
+        &row[..10],
+        ["pod-shop-web-1", "node-a", "Pod", "running", "ok", "impaired", "ok", "2", "impaired", "web-1"],
         "{wide}"
     );
     let narrow = kubectl.ok(&["get", "ist", "-n", "shop"]);
