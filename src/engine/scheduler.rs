@@ -313,110 +313,135 @@ async fn run_worker(
     epoch: Instant,
 ) {
     let timing = check.timing;
-    let is_exec = matches!(check.probe, ProbeSpec::Exec(_));
     let first_period = timing.failing_period.unwrap_or(timing.period);
-    let slot = || Duration::from_nanos(shared.slot_nanos.load(std::sync::atomic::Ordering::Relaxed));
-    let mut due = on_slot(epoch, slot(), Instant::now() + timing.initial_delay + jitter(first_period));
-    let mut last_verdict: Option<std::mem::Discriminant<Decision>> = None;
+    let slot = Duration::from_nanos(shared.slot_nanos.load(std::sync::atomic::Ordering::Relaxed));
+    let mut due = on_slot(epoch, slot, Instant::now() + timing.initial_delay + jitter(first_period));
     let kind = check.probe.kind();
     let counted = |outcome: &str| shared.metrics.probes.with_label_values(&[kind, outcome]);
-    let counters = [counted("healthy"), counted("unhealthy"), counted("unknown")];
+    let mut worker = WorkerState {
+        counters: [counted("healthy"), counted("unhealthy"), counted("unknown")],
+        last_verdict: None,
+        epoch,
+    };
     loop {
         tokio::time::sleep_until(due).await;
-        let report = {
-            // The semaphores are never closed, so acquiring cannot fail; if it did, probing
-            // without a permit is better than not probing.
-            let _permit = shared.probes.acquire().await.ok();
-            let _exec_permit = if is_exec { shared.execs.acquire().await.ok() } else { None };
-            let started = Instant::now();
-            shared.metrics.scheduler_lateness.observe(started.saturating_duration_since(due).as_secs_f64());
-            // Boxed: an idle worker then holds a few hundred bytes, not the probe's state machine.
-            let probe = Box::pin(shared.prober.run(&check.probe, &target, timing.timeout, false));
-            // A probe that panics is a bug of ours, not a verdict on the target: it is recorded
-            // as unknown and counted, and the worker goes on (as the kubelet's prober recovers).
-            match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(probe)).await {
-                Ok(report) => report,
-                Err(panic) => {
-                    shared.metrics.probe_panics.with_label_values(&[kind]).inc();
-                    let message = crate::supervise::panic_message(panic.as_ref());
-                    warn!(check = %check.key, instance = %instance_id, "the probe panicked: {message}");
-                    Report {
-                        outcome: Outcome::unknown(
-                            Cause::Internal,
-                            format!("internal error: the probe panicked: {message}"),
-                        ),
-                        duration: started.elapsed(),
-                        steps: Vec::new(),
-                    }
-                }
-            }
-        };
-        counters[match report.outcome {
-            Outcome::Healthy { .. } => 0,
-            Outcome::Unhealthy { .. } => 1,
-            Outcome::Unknown { .. } => 2,
-        }]
-        .inc();
-        let recorded = shared.store.record(&check, &instance_id, &report);
-        if let Some(tr) = recorded.transition {
-            info!(
-                check = %check.key,
-                instance = %instance_id,
-                from = tr.from.as_str(),
-                to = tr.to.as_str(),
-                outcome = report.outcome.kind(),
-                reason = report.outcome.reason().map(|r| r.as_str()),
-                detail = report.outcome.message(),
-                "status changed"
-            );
-        }
-        if let Some(blocked) = &recorded.blocked {
-            warn!(check = %check.key, "{blocked}");
-        }
-        let verdict = recorded.decision.as_ref().map(discriminant);
-        if verdict != last_verdict {
-            if let Some(why) = recorded.decision.as_ref().and_then(Decision::explain)
-                && !matches!(recorded.decision, Some(Decision::MassFailure { .. }))
-            {
-                info!(check = %check.key, instance = %instance_id, "not acting: {why}");
-            }
-            last_verdict = verdict;
-        }
-        if let Some(request) = recorded.action {
-            info!(check = %check.key, instance = %instance_id, action = request.kind.as_str(), reason = %request.reason, "taking action");
-            // In a task of its own: a worker replaced while its action runs (the restart changed
-            // the target's address or state) must not cancel the action or lose its record.
-            let action = {
-                let (shared, check, instance_id) = (shared.clone(), check.clone(), instance_id.clone());
-                async move {
-                    let (succeeded, message) = match shared.executors.execute(&request).await {
-                        Ok(done) => (true, format!("{}: {done}", request.reason)),
-                        Err(e) => {
-                            warn!(check = %check.key, instance = %instance_id, error = %e, "action failed");
-                            (false, format!("{}; action failed: {e}", request.reason))
-                        }
-                    };
-                    record_action(&shared, &check, &instance_id, request.kind.as_str(), succeeded, message);
-                }
-            };
-            if let Err(e) = tokio::spawn(action).await {
-                // The action task died without recording anything: record that, which also
-                // lets the next action be decided.
-                let kind = check.action.as_ref().map_or("action", |a| a.kind.as_str());
-                let message = format!("internal error: the action task ended: {e}");
-                record_action(&shared, &check, &instance_id, kind, false, message);
-            }
-            last_verdict = None;
-            // Give the target its initial delay again before judging it.
-            due = on_slot(epoch, slot(), Instant::now() + timing.initial_delay.max(timing.period));
-            continue;
-        }
-        let period = match timing.failing_period {
-            Some(fast) if recorded.wants_fast => fast,
-            _ => timing.period,
-        };
-        due = next_on_grid(due, period, Instant::now());
+        // Each round boxed: between probes a worker holds its timer and a few fields, not the
+        // state machine of a probe, its record and a possible action (ten thousand workers).
+        due = Box::pin(round(&shared, &check, &instance_id, &target, due, &mut worker)).await;
     }
+}
+
+/// What a worker keeps between rounds.
+struct WorkerState {
+    counters: [prometheus::IntCounter; 3],
+    last_verdict: Option<std::mem::Discriminant<Decision>>,
+    epoch: Instant,
+}
+
+/// One round of a worker: probe, record, act if due; the time of the next round.
+async fn round(
+    shared: &Arc<Shared>,
+    check: &Arc<CheckDef>,
+    instance_id: &str,
+    target: &Target,
+    due: Instant,
+    worker: &mut WorkerState,
+) -> Instant {
+    let timing = check.timing;
+    let kind = check.probe.kind();
+    let is_exec = matches!(check.probe, ProbeSpec::Exec(_));
+    let slot = || Duration::from_nanos(shared.slot_nanos.load(std::sync::atomic::Ordering::Relaxed));
+    let report = {
+        // The semaphores are never closed, so acquiring cannot fail; if it did, probing
+        // without a permit is better than not probing.
+        let _permit = shared.probes.acquire().await.ok();
+        let _exec_permit = if is_exec { shared.execs.acquire().await.ok() } else { None };
+        let started = Instant::now();
+        shared.metrics.scheduler_lateness.observe(started.saturating_duration_since(due).as_secs_f64());
+        let probe = Box::pin(shared.prober.run(&check.probe, target, timing.timeout, false));
+        // A probe that panics is a bug of ours, not a verdict on the target: it is recorded
+        // as unknown and counted, and the worker goes on (as the kubelet's prober recovers).
+        match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(probe)).await {
+            Ok(report) => report,
+            Err(panic) => {
+                shared.metrics.probe_panics.with_label_values(&[kind]).inc();
+                let message = crate::supervise::panic_message(panic.as_ref());
+                warn!(check = %check.key, instance = %instance_id, "the probe panicked: {message}");
+                Report {
+                    outcome: Outcome::unknown(
+                        Cause::Internal,
+                        format!("internal error: the probe panicked: {message}"),
+                    ),
+                    duration: started.elapsed(),
+                    steps: Vec::new(),
+                }
+            }
+        }
+    };
+    worker.counters[match report.outcome {
+        Outcome::Healthy { .. } => 0,
+        Outcome::Unhealthy { .. } => 1,
+        Outcome::Unknown { .. } => 2,
+    }]
+    .inc();
+    let recorded = shared.store.record(check, instance_id, &report);
+    if let Some(tr) = recorded.transition {
+        info!(
+            check = %check.key,
+            instance = %instance_id,
+            from = tr.from.as_str(),
+            to = tr.to.as_str(),
+            outcome = report.outcome.kind(),
+            reason = report.outcome.reason().map(|r| r.as_str()),
+            detail = report.outcome.message(),
+            "status changed"
+        );
+    }
+    if let Some(blocked) = &recorded.blocked {
+        warn!(check = %check.key, "{blocked}");
+    }
+    let verdict = recorded.decision.as_ref().map(discriminant);
+    if verdict != worker.last_verdict {
+        if let Some(why) = recorded.decision.as_ref().and_then(Decision::explain)
+            && !matches!(recorded.decision, Some(Decision::MassFailure { .. }))
+        {
+            info!(check = %check.key, instance = %instance_id, "not acting: {why}");
+        }
+        worker.last_verdict = verdict;
+    }
+    if let Some(request) = recorded.action {
+        info!(check = %check.key, instance = %instance_id, action = request.kind.as_str(), reason = %request.reason, "taking action");
+        // In a task of its own: a worker replaced while its action runs (the restart changed
+        // the target's address or state) must not cancel the action or lose its record.
+        let action = {
+            let (shared, check, instance_id) = (shared.clone(), check.clone(), instance_id.to_owned());
+            async move {
+                let (succeeded, message) = match shared.executors.execute(&request).await {
+                    Ok(done) => (true, format!("{}: {done}", request.reason)),
+                    Err(e) => {
+                        warn!(check = %check.key, instance = %instance_id, error = %e, "action failed");
+                        (false, format!("{}; action failed: {e}", request.reason))
+                    }
+                };
+                record_action(&shared, &check, &instance_id, request.kind.as_str(), succeeded, message);
+            }
+        };
+        if let Err(e) = tokio::spawn(action).await {
+            // The action task died without recording anything: record that, which also
+            // lets the next action be decided.
+            let kind = check.action.as_ref().map_or("action", |a| a.kind.as_str());
+            let message = format!("internal error: the action task ended: {e}");
+            record_action(shared, check, instance_id, kind, false, message);
+        }
+        worker.last_verdict = None;
+        // Give the target its initial delay again before judging it.
+        return on_slot(worker.epoch, slot(), Instant::now() + timing.initial_delay.max(timing.period));
+    }
+    let period = match timing.failing_period {
+        Some(fast) if recorded.wants_fast => fast,
+        _ => timing.period,
+    };
+    next_on_grid(due, period, Instant::now())
 }
 
 fn record_action(

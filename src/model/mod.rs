@@ -8,6 +8,7 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::core::{Selector, SelectorExt};
@@ -64,8 +65,9 @@ pub struct CheckDef {
     pub action: Option<ActionDef>,
     /// Probing and remediation paused.
     pub suspend: bool,
-    /// The spec as written, to tell whether a reload changed anything.
-    pub spec: HealthCheckSpec,
+    /// The spec as written, to tell whether a reload changed anything; shared with the
+    /// catalog and the store (a spec is most of a HealthCheck's memory).
+    pub spec: Arc<HealthCheckSpec>,
 }
 
 impl CheckDef {

@@ -78,7 +78,7 @@ pub fn validate(hc: &HealthCheck) -> Result<CheckDef, Vec<FieldError>> {
             timing,
             action,
             suspend: spec.suspend,
-            spec: spec.clone(),
+            spec: std::sync::Arc::new(spec.clone()),
         }),
         _ => Err(errors.0),
     }

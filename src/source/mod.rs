@@ -73,7 +73,8 @@ impl Loaded {
 
 #[derive(Debug)]
 struct Entry {
-    spec: HealthCheckSpec,
+    /// Shared with the running definition when the spec is valid.
+    spec: Arc<HealthCheckSpec>,
     generation: i64,
     running: Option<Arc<CheckDef>>,
     invalid: Option<String>,
@@ -97,23 +98,23 @@ impl Catalog {
             let previous = self.entries.remove(&key);
             let generation = match (&previous, keep_generation) {
                 (_, true) => loaded.object.metadata.generation.unwrap_or(1),
-                (Some(p), false) if p.spec == loaded.object.spec => p.generation,
+                (Some(p), false) if *p.spec == loaded.object.spec => p.generation,
                 (Some(p), false) => p.generation + 1,
                 (None, false) => 1,
             };
             let mut object = loaded.object;
             object.metadata.generation = Some(generation);
             let entry = match previous {
-                Some(p) if p.spec == object.spec && p.generation == generation => p,
+                Some(p) if *p.spec == object.spec && p.generation == generation => p,
                 previous => match model::validate(&object) {
                     Ok(def) => Entry {
-                        spec: object.spec.clone(),
+                        spec: def.spec.clone(),
                         generation,
                         running: Some(Arc::new(def)),
                         invalid: None,
                     },
                     Err(errors) => Entry {
-                        spec: object.spec.clone(),
+                        spec: Arc::new(object.spec),
                         generation,
                         running: previous.and_then(|p| p.running),
                         invalid: Some(join(&errors)),

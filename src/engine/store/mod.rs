@@ -51,7 +51,7 @@ pub struct CheckInfo {
     /// invalid. `None` when no valid spec was ever seen.
     pub def: Option<Arc<CheckDef>>,
     /// The spec as last written.
-    pub spec: HealthCheckSpec,
+    pub spec: Arc<HealthCheckSpec>,
     /// Its generation.
     pub generation: i64,
     /// What is wrong with the spec as last written.
@@ -99,13 +99,17 @@ struct CheckEntry {
     conditions: Vec<Condition>,
     counts: [u32; 5],
     blocked: Option<String>,
+    /// The instances it is attached to (their ids, shared with the slots' labels): its status
+    /// is aggregated over these, not over every instance of the node.
+    targets: std::collections::HashSet<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     /// Boxed: the map keeps spare buckets, and an entry is several hundred bytes.
     instances: HashMap<String, Box<InstanceEntry>>,
-    checks: HashMap<CheckKey, CheckEntry>,
+    /// Boxed, as instances are.
+    checks: HashMap<CheckKey, Box<CheckEntry>>,
     host: HostDetails,
     restored: HashMap<String, Restored>,
     /// The owners' reports, by instance id or name.
@@ -151,7 +155,8 @@ impl Inner {
     fn check_view(&mut self, key: &CheckKey, now: Timestamp) -> Option<CheckView> {
         let Inner { instances, checks, .. } = self;
         let entry = checks.get_mut(key)?;
-        let targets = instances.values().filter_map(|e| {
+        let targets = entry.targets.iter().filter_map(|id| {
+            let e = instances.get(&**id)?;
             e.checks.get(key).map(|slot| TargetResult {
                 id: &e.instance.id,
                 kind: e.instance.kind,
@@ -170,7 +175,7 @@ impl Inner {
         };
         let status = aggregate::health_check_status(&facts, targets, &entry.conditions, now);
         entry.conditions.clone_from(&status.conditions);
-        Some(CheckView { key: key.clone(), spec: info.spec.clone(), generation: info.generation, status })
+        Some(CheckView { key: key.clone(), spec: (*info.spec).clone(), generation: info.generation, status })
     }
 }
 
@@ -313,7 +318,7 @@ impl Store {
                 None => {
                     inner.checks.insert(
                         key.clone(),
-                        CheckEntry {
+                        Box::new(CheckEntry {
                             info,
                             revision: 0,
                             durations: DurationHistogram::default(),
@@ -321,7 +326,8 @@ impl Store {
                             conditions: Vec::new(),
                             counts: [0; 5],
                             blocked: None,
-                        },
+                            targets: std::collections::HashSet::new(),
+                        }),
                     );
                     inner.changed_check(&key);
                 }
@@ -433,9 +439,11 @@ impl Store {
             Arc::from(instance_id),
         ];
         let status = state.status;
+        let target = labels[2].clone();
         entry.checks.insert(check.key.clone(), Slot::new(state, check.probe.kind(), suspended, labels));
         if let Some(c) = inner.checks.get_mut(&check.key) {
             c.counts[index(status)] += 1;
+            c.targets.insert(target);
         }
         refresh_block(&mut inner, &check.key);
         inner.changed_instance(instance_id);
@@ -464,6 +472,7 @@ impl Store {
         if let Some(c) = inner.checks.get_mut(check) {
             let i = index(slot.state.status);
             c.counts[i] = c.counts[i].saturating_sub(1);
+            c.targets.remove(&slot.labels[2]);
             inner.changed_check(check);
         }
         refresh_block(inner, check);
