@@ -1,11 +1,15 @@
 //! `make bench`: the standalone agent probing N targets at a 1 s period, against a loopback
-//! nginx, for N = 1,000 and 10,000, HTTP and TCP. Prints probes/s, the agent's CPU per probe,
-//! scheduler lateness p50/p99, RSS, and `/v1/health` latency while it runs; then `wrk` with a new
-//! connection per request against the same nginx, as the reference for CPU per HTTP exchange.
+//! nginx, for N = 1,000 and 10,000, HTTP and TCP, in two shapes: N HealthChecks of one target
+//! each, and N/100 HealthChecks of 100 targets each. Prints probes/s, the agent's CPU per probe,
+//! scheduler lateness p50/p99, RSS and peak, the time to readiness and to steady state, the
+//! `/metrics` size and scrape time, and `/v1/health` latency while it runs; then the floors, each
+//! measured here in the same run: a Rust client opening a new connection per HTTP request, a
+//! connect + close loop with `SO_LINGER 0`, and `wrk` when installed.
 //!
 //! Not a test: it asserts nothing, it measures. Options through the environment:
 //! `VIGIL_BENCH_SIZES` (default `1000,10000`), `VIGIL_BENCH_SECONDS` (measured window, default 20),
-//! `VIGIL_BENCH_KINDS` (default `http,tcp`).
+//! `VIGIL_BENCH_KINDS` (default `http,tcp`), `VIGIL_BENCH_SHAPES` (targets per HealthCheck,
+//! default `1,100`), `VIGIL_BENCH_BINARY` (another `vigil` to measure, to compare builds).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -17,6 +21,12 @@ use std::time::{Duration, Instant};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The agent measured: this build's, or `VIGIL_BENCH_BINARY` (another build, to compare).
+fn binary() -> PathBuf {
+    std::env::var_os("VIGIL_BENCH_BINARY")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vigil")), PathBuf::from)
 }
 
 fn free_port() -> u16 {
@@ -43,6 +53,46 @@ fn cpu_seconds(pid: u32) -> f64 {
     let utime: f64 = f[11].parse().unwrap();
     let stime: f64 = f[12].parse().unwrap();
     (utime + stime) / ticks()
+}
+
+/// CPU seconds (user + system) of the calling thread.
+fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks()
+}
+
+/// The connect floor: connect and close with `SO_LINGER 0` (no TIME-WAIT, as vigil's probes do)
+/// in a loop on this thread for `window`; connections and CPU µs per connection.
+fn connect_floor(port: u16, window: Duration) -> (f64, f64) {
+    let (cpu0, t0, mut n) = (thread_cpu_seconds(), Instant::now(), 0u64);
+    while t0.elapsed() < window {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+        n += 1;
+    }
+    let cpu = thread_cpu_seconds() - cpu0;
+    (n as f64 / t0.elapsed().as_secs_f64(), cpu * 1e6 / n as f64)
+}
+
+/// The HTTP floor in Rust (the same exchange as wrk's with a new connection per request): connect,
+/// send a GET with `Connection: close`, read the whole answer, close with `SO_LINGER 0`; requests
+/// per second and CPU µs per request.
+fn http_floor(port: u16, window: Duration) -> (f64, f64) {
+    let request = format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let mut buf = [0u8; 1024];
+    let (cpu0, t0, mut n) = (thread_cpu_seconds(), Instant::now(), 0u64);
+    while t0.elapsed() < window {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        while s.read(&mut buf).unwrap() > 0 {}
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+        n += 1;
+    }
+    let cpu = thread_cpu_seconds() - cpu0;
+    (n as f64 / t0.elapsed().as_secs_f64(), cpu * 1e6 / n as f64)
 }
 
 /// `VmRSS` and `VmHWM` of a process, MiB.
@@ -136,24 +186,28 @@ fn loopback(i: usize) -> String {
     format!("127.{}.{}.{}", 1 + n / 65536, (n / 256) % 256, n % 256)
 }
 
-fn write_checks(dir: &Path, kind: &str, n: usize, port: u16) {
+/// `n` targets in HealthChecks of `per_doc` targets each, a thousand HealthChecks to a file (the
+/// agent reads files of up to 1 MiB).
+fn write_checks(dir: &Path, kind: &str, n: usize, per_doc: usize, port: u16) {
     std::fs::create_dir_all(dir).unwrap();
-    let per_doc = 100;
-    let mut text = String::new();
-    for d in 0..n.div_ceil(per_doc) {
-        let addresses: Vec<String> = (d * per_doc..((d + 1) * per_doc).min(n))
-            .map(|i| format!("\"{}:{port}\"", loopback(i)))
-            .collect();
-        let probe = match kind {
-            "http" => "http: {path: /health}",
-            _ => "tcp: {}",
-        };
-        text.push_str(&format!(
-            "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata: {{name: bench-{d}}}\nspec:\n  target:\n    endpoints:\n      addresses: [{}]\n  probe:\n    {probe}\n    periodSeconds: 1\n---\n",
-            addresses.join(", ")
-        ));
+    let probe = match kind {
+        "http" => "http: {path: /health}",
+        _ => "tcp: {}",
+    };
+    let docs = n.div_ceil(per_doc);
+    for file in 0..docs.div_ceil(1000) {
+        let mut text = String::new();
+        for d in file * 1000..((file + 1) * 1000).min(docs) {
+            let addresses: Vec<String> = (d * per_doc..((d + 1) * per_doc).min(n))
+                .map(|i| format!("\"{}:{port}\"", loopback(i)))
+                .collect();
+            text.push_str(&format!(
+                "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata: {{name: bench-{d}}}\nspec:\n  target:\n    endpoints:\n      addresses: [{}]\n  probe:\n    {probe}\n    periodSeconds: 1\n---\n",
+                addresses.join(", ")
+            ));
+        }
+        std::fs::write(dir.join(format!("bench-{file}.yaml")), text).unwrap();
     }
-    std::fs::write(dir.join("bench.yaml"), text).unwrap();
 }
 
 /// Sum of a metric's samples whose line starts with `prefix`.
@@ -213,6 +267,12 @@ fn fraction_within(before: &[(f64, f64)], after: &[(f64, f64)], bound: f64) -> f
 
 struct Row {
     scenario: String,
+    checks: usize,
+    ready_s: f64,
+    steady_s: f64,
+    metrics_bytes: usize,
+    startup_late_pct: f64,
+    scrape_ms: f64,
     probes_per_s: f64,
     cpu_us: f64,
     p50_ms: f64,
@@ -232,14 +292,15 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
-fn run_agent(nginx: &Nginx, kind: &str, n: usize, window: Duration) -> Row {
+fn run_agent(nginx: &Nginx, kind: &str, n: usize, per_check: usize, window: Duration) -> Row {
     let dir = tempfile::tempdir().unwrap();
     let checks = dir.path().join("checks");
-    write_checks(&checks, kind, n, nginx.port);
+    write_checks(&checks, kind, n, per_check, nginx.port);
+    let started = Instant::now();
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_vigil"))
+    let mut agent = Command::new(binary())
         .args([
             "agent",
             "--node-name",
@@ -271,21 +332,29 @@ fn run_agent(nginx: &Nginx, kind: &str, n: usize, window: Duration) -> Row {
             }
         }
         assert!(Instant::now() < deadline, "the agent did not become ready");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
     }
+    let ready_s = started.elapsed().as_secs_f64();
     // Steady state: every target probed, and the first write of every instance's state file
     // (a one-time cost at start-up) done.
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut m_steady;
     loop {
         let m = get(addr, "/metrics");
         let written = metric_sum(&m, "vigil_status_writes_total{kind=\"instance\",result=\"ok\"}");
         let probed = metric_sum(&m, "vigil_probes_total");
+        m_steady = m;
         if written >= n as f64 && probed >= 2.0 * n as f64 {
             break;
         }
         assert!(Instant::now() < deadline, "no steady state after 120 s: {written} files, {probed} probes");
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(200));
     }
+    let steady_s = started.elapsed().as_secs_f64();
+    // Every probe from the start to steady state: the share that started more than a period late.
+    let start_buckets = lateness_buckets(&m_steady);
+    let zero: Vec<(f64, f64)> = start_buckets.iter().map(|(le, _)| (*le, 0.0)).collect();
+    let startup_late_pct = 100.0 - fraction_within(&zero, &start_buckets, 1.0) * 100.0;
     std::thread::sleep(Duration::from_secs(2));
 
     let m0 = get(addr, "/metrics");
@@ -299,6 +368,15 @@ fn run_agent(nginx: &Nginx, kind: &str, n: usize, window: Duration) -> Row {
     let cpu1 = cpu_seconds(pid);
     let ng1 = nginx_pid.map(cpu_seconds).unwrap_or(0.0);
     let m1 = get(addr, "/metrics");
+    // The scrape: five, timed.
+    let mut scrapes: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = get(addr, "/metrics");
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    scrapes.sort_by(f64::total_cmp);
     // Then /v1/health latency while probing goes on: 1,000 requests, one every 5 ms, each on a
     // fresh connection as curl would.
     let mut health = Vec::with_capacity(1000);
@@ -322,7 +400,13 @@ fn run_agent(nginx: &Nginx, kind: &str, n: usize, window: Duration) -> Row {
     let (b0, b1) = (lateness_buckets(&m0), lateness_buckets(&m1));
     health.sort_by(f64::total_cmp);
     Row {
-        scenario: format!("{kind} × {n}"),
+        scenario: format!("{kind} {}×{per_check}", n / per_check),
+        checks: n,
+        ready_s,
+        steady_s,
+        metrics_bytes: m1.len(),
+        startup_late_pct,
+        scrape_ms: scrapes[2],
         probes_per_s: probes / elapsed,
         cpu_us: (cpu1 - cpu0) * 1e6 / probes,
         p50_ms: quantile(&b0, &b1, 0.50) * 1e3,
@@ -365,10 +449,14 @@ fn wrk(port: u16) -> Option<(f64, f64, f64)> {
 
 fn main() {
     // `cargo bench` passes --bench; nothing else is read from the command line.
+    let list = |name: &str, default: &str| -> Vec<String> {
+        env_or(name, default).split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+    };
     let sizes: Vec<usize> =
-        env_or("VIGIL_BENCH_SIZES", "1000,10000").split(',').filter_map(|s| s.trim().parse().ok()).collect();
-    let kinds: Vec<String> =
-        env_or("VIGIL_BENCH_KINDS", "http,tcp").split(',').map(|s| s.trim().to_owned()).collect();
+        list("VIGIL_BENCH_SIZES", "1000,10000").iter().filter_map(|s| s.parse().ok()).collect();
+    let shapes: Vec<usize> =
+        list("VIGIL_BENCH_SHAPES", "1,100").iter().filter_map(|s| s.parse().ok()).collect();
+    let kinds = list("VIGIL_BENCH_KINDS", "http,tcp");
     let window = Duration::from_secs(env_or("VIGIL_BENCH_SECONDS", "20").parse().unwrap_or(20));
     let nginx = Nginx::start();
     println!(
@@ -384,29 +472,38 @@ fn main() {
     println!();
     let mut rows = Vec::new();
     for kind in &kinds {
-        for &n in &sizes {
-            let row = run_agent(&nginx, kind, n, window);
-            eprintln!("done: {}", row.scenario);
-            rows.push(row);
+        for &per_check in &shapes {
+            for &n in &sizes {
+                let row = run_agent(&nginx, kind, n, per_check.max(1), window);
+                eprintln!("done: {}", row.scenario);
+                rows.push(row);
+            }
         }
     }
     println!(
-        "{:<13} {:>9} {:>11} {:>10} {:>10} {:>8} {:>8} {:>8} {:>11} {:>11} {:>11}",
-        "scenario",
+        "{:<16} {:>8} {:>10} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>10}",
+        "scenario (hc×t)",
         "probes/s",
-        "cpu µs/prb",
+        "cpu µs/pr",
         "late p50",
         "late p99",
         "≤2ms %",
         "RSS MiB",
-        "peak MiB",
-        "health p50",
-        "health p99",
+        "peak",
+        "KiB/tgt",
+        "ready s",
+        "steady",
+        ">1s late",
+        "/metrics",
+        "B/target",
+        "scrape",
+        "health50",
+        "health99",
         "nginx µs/r"
     );
     for r in &rows {
         println!(
-            "{:<13} {:>9.0} {:>11.1} {:>8.3}ms {:>8.3}ms {:>8.2} {:>8.1} {:>8.1} {:>9.3}ms {:>9.3}ms {:>11.1}",
+            "{:<16} {:>8.0} {:>10.1} {:>7.3}ms {:>7.3}ms {:>7.2} {:>7.1} {:>7.1} {:>7.1} {:>7.2} {:>7.1} {:>8.2}% {:>8.0}K {:>8.0} {:>6.1}ms {:>7.3}ms {:>7.3}ms {:>10.1}",
             r.scenario,
             r.probes_per_s,
             r.cpu_us,
@@ -415,12 +512,38 @@ fn main() {
             r.within_2ms,
             r.rss,
             r.peak,
+            r.rss * 1024.0 / r.checks as f64,
+            r.ready_s,
+            r.steady_s,
+            r.startup_late_pct,
+            r.metrics_bytes as f64 / 1024.0,
+            r.metrics_bytes as f64 / r.checks as f64,
+            r.scrape_ms,
             r.health_p50_ms,
             r.health_p99_ms,
-            r.nginx_cpu_us
+            r.nginx_cpu_us,
         );
     }
     println!();
+    let floor_window = Duration::from_secs(5);
+    let (connects, connect_us) = connect_floor(nginx.port, floor_window);
+    println!(
+        "connect + close floor (SO_LINGER 0, this process): {connects:.0}/s, {connect_us:.1} µs CPU per connection"
+    );
+    for r in rows.iter().filter(|r| r.scenario.starts_with("tcp")) {
+        println!("  {}: vigil CPU per TCP probe / connect floor = {:.2}", r.scenario, r.cpu_us / connect_us);
+    }
+    let (requests, http_us) = http_floor(nginx.port, floor_window);
+    println!(
+        "HTTP floor, Rust client, new connection per request: {requests:.0}/s, {http_us:.1} µs CPU per request"
+    );
+    for r in rows.iter().filter(|r| r.scenario.starts_with("http")) {
+        println!(
+            "  {}: vigil CPU per HTTP probe / Rust client's per request = {:.2}",
+            r.scenario,
+            r.cpu_us / http_us
+        );
+    }
     match wrk(nginx.port) {
         Some((requests, rate, cpu_us)) => {
             println!(
@@ -443,7 +566,9 @@ fn main() {
     println!(
         "(0.1, 0.25, 0.5, 1, 2, 5 ms…); '≤2ms %' is exact. CPU is user+system time of the agent process"
     );
-    println!("from /proc over the window, divided by the probes it ran (vigil_probes_total).");
+    println!("from /proc over the window, divided by the probes it ran (vigil_probes_total). 'ready' is the");
+    println!("time from start to /readyz answering 200; 'steady' to every target probed twice and written;");
+    println!("'>1s late' the share of the probes until then that started more than a period late.");
 }
 
 fn first_line(file: &str, key: &str) -> String {

@@ -201,6 +201,13 @@ pub struct AgentArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub smart_interval: Duration,
 
+    /// `basic`: per target `vigil_probe_up`, `vigil_check_impaired` and the failure, error and
+    /// restart counters; the probe duration histogram per probe kind. `full` adds each target's
+    /// `vigil_probe_last_duration_seconds` and a duration histogram per HealthCheck (about 2 KB
+    /// more per HealthCheck).
+    #[arg(long, env = "VIGIL_METRICS_DETAIL", value_enum, default_value = "basic")]
+    pub metrics_detail: crate::metrics::MetricsDetail,
+
     /// File holding a bearer token that also grants access to sensitive routes (logs,
     /// configuration) from other hosts. Without it, they are served to loopback callers only.
     #[arg(long, env = "VIGIL_API_TOKEN_FILE")]

@@ -191,6 +191,14 @@ impl DurationHistogram {
         self.buckets[i] += 1;
         self.sum += seconds;
     }
+
+    /// Adds another histogram's observations.
+    pub fn add(&mut self, other: &DurationHistogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.sum += other.sum;
+    }
 }
 
 /// One check target, as scraped.
@@ -336,7 +344,7 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "vigil_probe_duration_seconds",
-        help: "Durations of the probes of a HealthCheck, over all its targets.",
+        help: "Durations of the probes, per probe kind (per HealthCheck, over all its targets, with --metrics-detail full).",
         kind: MetricType::HISTOGRAM,
         labels: &["namespace", "healthcheck", "probe"],
     },
@@ -379,10 +387,28 @@ const FAMILIES: &[Family] = &[
 #[derive(Debug)]
 pub struct ViewCollector {
     source: Arc<dyn SampleSource>,
+    detail: MetricsDetail,
+}
+
+/// Which per-target and per-HealthCheck series a scrape has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsDetail {
+    /// Per target: up, impaired and the counters; the duration histogram per probe kind. About
+    /// 450 bytes per target of one HealthCheck, a fifth of `full`.
+    #[default]
+    Basic,
+    /// Also each target's last probe duration and a duration histogram per HealthCheck.
+    Full,
 }
 
 /// Appends a label value, escaped as the text format requires.
 fn push_escaped(out: &mut String, value: &str) {
+    // Most values need no escape: copied at once.
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -413,6 +439,10 @@ fn push_series(out: &mut String, name: &str, suffix: &str, names: &[&str], value
     out.push(' ');
     if value.is_infinite() {
         out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
+    } else if value == 0.0 {
+        out.push('0');
+    } else if value == 1.0 {
+        out.push('1');
     } else {
         let _ = write!(out, "{value}");
     }
@@ -437,9 +467,9 @@ fn push_header(out: &mut String, f: &Family) {
 }
 
 impl ViewCollector {
-    /// A collector over `source`.
-    pub fn new(source: Arc<dyn SampleSource>) -> ViewCollector {
-        ViewCollector { source }
+    /// A collector over `source`, with the series `detail` asks for.
+    pub fn new(source: Arc<dyn SampleSource>, detail: MetricsDetail) -> ViewCollector {
+        ViewCollector { source, detail }
     }
 
     /// Appends the families to `out` in the text format.
@@ -467,7 +497,9 @@ impl ViewCollector {
                                 push_series(out, f.name, "", f.labels, &base, f64::from(u8::from(t.impaired)))
                             }
                             2 => {
-                                if let Some(d) = t.last_duration {
+                                if let Some(d) =
+                                    t.last_duration.filter(|_| self.detail == MetricsDetail::Full)
+                                {
                                     push_series(out, f.name, "", f.labels, &base, d);
                                 }
                             }
@@ -493,6 +525,35 @@ impl ViewCollector {
                         }
                     }
                 }
+                6 if self.detail == MetricsDetail::Basic => {
+                    // One histogram per probe kind: the sum of the HealthChecks' own.
+                    let mut kinds: Vec<(&str, DurationHistogram)> = Vec::new();
+                    for c in &s.checks {
+                        match kinds.iter_mut().find(|(k, _)| *k == c.probe) {
+                            Some((_, h)) => h.add(&c.durations),
+                            None => kinds.push((c.probe, c.durations.clone())),
+                        }
+                    }
+                    kinds.sort_by_key(|(k, _)| *k);
+                    for (probe, h) in &kinds {
+                        let mut cumulative = 0;
+                        for (k, n) in h.buckets.iter().enumerate() {
+                            cumulative += n;
+                            let le =
+                                DURATION_BUCKETS.get(k).map_or_else(|| "+Inf".to_owned(), |b| format!("{b}"));
+                            push_series(
+                                out,
+                                f.name,
+                                "_bucket",
+                                &["probe", "le"],
+                                &[probe, le.as_str()],
+                                cumulative as f64,
+                            );
+                        }
+                        push_series(out, f.name, "_sum", &["probe"], &[probe], h.sum);
+                        push_series(out, f.name, "_count", &["probe"], &[probe], cumulative as f64);
+                    }
+                }
                 6 => {
                     let mut with_le: Vec<&str> = f.labels.to_vec();
                     with_le.push("le");
@@ -512,6 +573,11 @@ impl ViewCollector {
                 }
                 _ => {
                     for inst in &s.instances {
+                        // An endpoint's System and Attached-volume checks are not applicable:
+                        // no series for them (as CloudWatch has none).
+                        if inst.kind == "Endpoint" && (i == 8 || i == 10) {
+                            continue;
+                        }
                         let flag = match i {
                             7 => inst.system || inst.instance || inst.volumes,
                             8 => inst.system,
@@ -607,14 +673,24 @@ mod tests {
         durations.observe(0.002);
         let samples = Samples {
             targets: vec![t],
-            instances: vec![InstanceSample {
-                instance_id: "endpoint-a".into(),
-                kind: "Endpoint",
-                system: false,
-                instance: true,
-                volumes: false,
-                reported_impaired: Some(true),
-            }],
+            instances: vec![
+                InstanceSample {
+                    instance_id: "endpoint-a".into(),
+                    kind: "Endpoint",
+                    system: false,
+                    instance: true,
+                    volumes: false,
+                    reported_impaired: Some(true),
+                },
+                InstanceSample {
+                    instance_id: "host-a".into(),
+                    kind: "Host",
+                    system: true,
+                    instance: false,
+                    volumes: false,
+                    reported_impaired: None,
+                },
+            ],
             checks: vec![CheckSample {
                 namespace: "default".into(),
                 healthcheck: "web".into(),
@@ -623,7 +699,29 @@ mod tests {
             }],
         };
         let mut text = encode(&registry).unwrap();
-        ViewCollector::new(Arc::new(Fixed(samples))).encode(&mut text);
+        ViewCollector::new(Arc::new(Fixed(samples.clone())), MetricsDetail::Full).encode(&mut text);
+        // An endpoint has no System or Attached-volume check: no series for them.
+        for absent in [
+            "vigil_status_check_failed_system{instance_id=\"endpoint-a\"",
+            "vigil_status_check_failed_attached_volume{instance_id=\"endpoint-a\"",
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+        // Basic: no last duration per target, one histogram per probe kind.
+        let mut second = samples.clone();
+        let mut other = second.checks[0].clone();
+        other.healthcheck = "api".into();
+        second.checks.push(other);
+        let mut basic = String::new();
+        ViewCollector::new(Arc::new(Fixed(second)), MetricsDetail::Basic).encode(&mut basic);
+        assert!(!basic.contains("vigil_probe_last_duration_seconds"), "{basic}");
+        assert!(
+            basic.contains("vigil_probe_duration_seconds_bucket{probe=\"http\",le=\"0.0025\"} 2\n"),
+            "{basic}"
+        );
+        assert!(basic.contains("vigil_probe_duration_seconds_count{probe=\"http\"} 2\n"), "{basic}");
+        assert!(!basic.contains("healthcheck=\"api\""), "{basic}");
+        assert!(basic.contains("vigil_probe_up{namespace=\"default\",healthcheck=\"web\""), "{basic}");
         for line in [
             "vigil_probe_up{namespace=\"default\",healthcheck=\"web\",instance_id=\"endpoint-a\",probe=\"http\"} 0",
             "vigil_check_impaired{namespace=\"default\",healthcheck=\"web\",instance_id=\"endpoint-a\",probe=\"http\"} 1",
@@ -633,7 +731,9 @@ mod tests {
             "vigil_probe_duration_seconds_count{namespace=\"default\",healthcheck=\"web\",probe=\"http\"} 1",
             "vigil_status_check_failed{instance_id=\"endpoint-a\",instance_kind=\"Endpoint\"} 1",
             "vigil_instance_reported_impaired{instance_id=\"endpoint-a\",instance_kind=\"Endpoint\"} 1",
-            "vigil_status_check_failed_system{instance_id=\"endpoint-a\",instance_kind=\"Endpoint\"} 0",
+            "vigil_status_check_failed_system{instance_id=\"host-a\",instance_kind=\"Host\"} 1",
+            "vigil_status_check_failed_attached_volume{instance_id=\"host-a\",instance_kind=\"Host\"} 0",
+            "vigil_probe_last_duration_seconds{namespace=\"default\",healthcheck=\"web\",instance_id=\"endpoint-a\",probe=\"http\"} 0.002",
             "vigil_restarts_total{namespace=\"default\",healthcheck=\"web\",instance_id=\"endpoint-a\",action=\"exec\",result=\"success\"} 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
@@ -649,8 +749,11 @@ mod tests {
             ..samples_target()
         };
         let mut text = String::new();
-        ViewCollector::new(Arc::new(Fixed(Samples { targets: vec![quoted], ..Samples::default() })))
-            .encode(&mut text);
+        ViewCollector::new(
+            Arc::new(Fixed(Samples { targets: vec![quoted], ..Samples::default() })),
+            MetricsDetail::Full,
+        )
+        .encode(&mut text);
         assert!(text.contains("instance_id=\"a\\\"b\\\\c\""), "{text}");
         assert!(
             text.contains("vigil_probe_errors_total{namespace=\"n\",healthcheck=\"h\",instance_id=\"a\\\"b\\\\c\",probe=\"tcp\",cause=\"runtime-unreachable\"} 2"),

@@ -123,6 +123,8 @@ pub struct AgentConfig {
     pub nats_metrics_interval_seconds: f64,
     /// How often the disks are asked for their SMART health, seconds.
     pub smart_interval_seconds: f64,
+    /// Which per-target and per-HealthCheck series `/metrics` has.
+    pub metrics_detail: crate::metrics::MetricsDetail,
     /// Token file for sensitive routes (its content is never served).
     pub api_token_file: Option<PathBuf>,
     /// HTTP server limits.
@@ -246,6 +248,7 @@ impl AgentConfig {
             host_root,
             smartctl,
             smart_interval,
+            metrics_detail,
             events_webhook,
             events_webhook_queue,
             nats_url,
@@ -310,6 +313,7 @@ impl AgentConfig {
             host_root,
             smartctl,
             smart_interval_seconds: smart_interval.as_secs_f64(),
+            metrics_detail,
             events_webhook,
             events_webhook_queue,
             nats_url,
@@ -691,7 +695,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             (store, parts, vec![config.host_root.clone()])
         }
     };
-    let view = Arc::new(ViewCollector::new(store.clone()));
+    let view = Arc::new(ViewCollector::new(store.clone(), config.metrics_detail));
     let monitor = Arc::new(std::sync::Mutex::new(host::HostMonitor::new(
         config.pressure.clone(),
         watched,
