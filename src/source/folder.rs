@@ -66,6 +66,20 @@ pub enum FolderError {
 
 /// Reads every HealthCheck in `dir`.
 pub fn load(dir: &Path) -> Result<Snapshot, FolderError> {
+    let mut parsed = Parsed::default();
+    Ok(load_changed(dir, &mut parsed)?.unwrap_or_default())
+}
+
+/// What the folder held at the last read: each file's text and what it parsed to.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    files: std::collections::HashMap<PathBuf, (String, Vec<Loaded>, Vec<String>)>,
+}
+
+/// Reads `dir` again: `None` when no file changed since `parsed` was taken (then nothing needs
+/// doing), else the snapshot, with only the files that changed parsed again. A reload that
+/// edits one file of ten thousand checks parses that file.
+pub fn load_changed(dir: &Path, parsed: &mut Parsed) -> Result<Option<Snapshot>, FolderError> {
     let entries =
         std::fs::read_dir(dir).map_err(|source| FolderError::ReadDir { path: dir.to_owned(), source })?;
     let mut files: Vec<PathBuf> = entries
@@ -81,6 +95,8 @@ pub fn load(dir: &Path) -> Result<Snapshot, FolderError> {
     files.sort();
     let mut snapshot = Snapshot::default();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut previous = std::mem::take(&mut parsed.files);
+    let mut changed = previous.len() != files.len();
     for path in files {
         let label = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let text = match std::fs::metadata(&path) {
@@ -102,9 +118,16 @@ pub fn load(dir: &Path) -> Result<Snapshot, FolderError> {
                 continue;
             }
         };
-        let (objects, errors) = parse(&label, &text);
-        snapshot.problems.extend(errors.iter().map(ToString::to_string));
-        for loaded in objects {
+        let (objects, errors) = match previous.remove(&path) {
+            Some((old, objects, errors)) if old == text => (objects, errors),
+            _ => {
+                changed = true;
+                let (objects, errors) = parse(&label, &text);
+                (objects, errors.iter().map(ToString::to_string).collect())
+            }
+        };
+        snapshot.problems.extend(errors.iter().cloned());
+        for loaded in objects.iter().cloned() {
             let key = loaded.key().to_string();
             if let Some(first) = seen.get(&key) {
                 let duplicate = LoadError {
@@ -119,8 +142,11 @@ pub fn load(dir: &Path) -> Result<Snapshot, FolderError> {
             seen.insert(key, loaded.origin.clone());
             snapshot.objects.push(loaded);
         }
+        parsed.files.insert(path, (text, objects, errors));
     }
-    Ok(snapshot)
+    // A file gone, or one that cannot be read any more, is a change too.
+    changed |= !previous.is_empty();
+    Ok(changed.then_some(snapshot))
 }
 
 fn file_error(file: &str, message: String) -> String {
@@ -230,12 +256,15 @@ pub struct FolderSource {
     dir: PathBuf,
     rescan: Duration,
     first: Snapshot,
+    parsed: Parsed,
 }
 
 impl FolderSource {
     /// Reads `dir`.
     pub fn open(dir: &Path, rescan: Duration) -> Result<FolderSource, FolderError> {
-        Ok(FolderSource { dir: dir.to_owned(), rescan, first: load(dir)? })
+        let mut parsed = Parsed::default();
+        let first = load_changed(dir, &mut parsed)?.unwrap_or_default();
+        Ok(FolderSource { dir: dir.to_owned(), rescan, first, parsed })
     }
 }
 
@@ -257,14 +286,14 @@ impl CheckSource for FolderSource {
             if tx.send(Update::Snapshot(self.first)).await.is_err() {
                 return;
             }
-            watch(self.dir, self.rescan, tx).await;
+            watch(self.dir, self.rescan, self.parsed, tx).await;
         })
     }
 }
 
 /// Watches `dir` and sends a fresh [`Snapshot`] after each change (debounced), and at least
 /// every `rescan` in case an event was missed. Ends when the receiver is gone.
-async fn watch(dir: PathBuf, rescan: Duration, tx: mpsc::Sender<Update>) {
+async fn watch(dir: PathBuf, rescan: Duration, mut parsed: Parsed, tx: mpsc::Sender<Update>) {
     let (events_tx, mut events) = mpsc::channel::<()>(1);
     let watcher = {
         use notify::Watcher;
@@ -303,15 +332,36 @@ async fn watch(dir: PathBuf, rescan: Duration, tx: mpsc::Sender<Update>) {
             _ = tick.tick() => {}
         }
         let dir2 = dir.clone();
-        let snapshot = tokio::task::spawn_blocking(move || load(&dir2)).await;
-        let Ok(snapshot) = snapshot else { continue };
+        let read = tokio::task::spawn_blocking(move || {
+            let snapshot = load_changed(&dir2, &mut parsed);
+            (snapshot, parsed)
+        })
+        .await;
+        // A read that panicked loses what was parsed: the next one parses everything.
+        let snapshot = match read {
+            Ok((snapshot, kept)) => {
+                parsed = kept;
+                snapshot
+            }
+            Err(_) => {
+                parsed = Parsed::default();
+                continue;
+            }
+        };
         tracing::debug!(dir = %dir.display(), "checks folder read");
         let update = match snapshot {
-            Ok(snapshot) => Update::Snapshot(snapshot),
-            Err(e) => Update::Failed(format!(
-                "{e}: {}; keeping the checks loaded before",
-                crate::telemetry::causes(&e)
-            )),
+            // Nothing changed: nothing to send, nothing to plan again.
+            Ok(None) => continue,
+            Ok(Some(snapshot)) => Update::Snapshot(snapshot),
+            Err(e) => {
+                // Once the folder reads again, its content goes out again, even unchanged:
+                // that also clears the failure.
+                parsed = Parsed::default();
+                Update::Failed(format!(
+                    "{e}: {}; keeping the checks loaded before",
+                    crate::telemetry::causes(&e)
+                ))
+            }
         };
         if tx.send(update).await.is_err() {
             break;
@@ -376,6 +426,33 @@ metadata: {name: future}
         assert!(objects.is_empty());
         assert_eq!(errors.len(), 1);
         assert!(errors[0].to_string().starts_with("bad.yaml: not valid YAML"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn a_read_parses_only_what_changed_and_says_when_nothing_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = |name: &str, port: u16| {
+            format!(
+                "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata: {{name: {name}}}\nspec: {{target: {{host: {{}}}}, probe: {{tcp: {{port: {port}}}}}}}\n"
+            )
+        };
+        std::fs::write(dir.path().join("a.yaml"), doc("a", 1)).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), doc("b", 2)).unwrap();
+        let mut parsed = Parsed::default();
+        assert_eq!(load_changed(dir.path(), &mut parsed).unwrap().unwrap().objects.len(), 2);
+        assert!(load_changed(dir.path(), &mut parsed).unwrap().is_none(), "nothing changed");
+        std::fs::write(dir.path().join("b.yaml"), doc("b", 3)).unwrap();
+        let snap = load_changed(dir.path(), &mut parsed).unwrap().expect("b changed");
+        assert_eq!(snap.objects.len(), 2, "the unchanged file's check is still there");
+        let b = snap.objects.iter().find(|o| o.key().name == "b").unwrap();
+        assert!(serde_json::to_string(&b.object.spec).unwrap().contains("\"port\":3"));
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        assert_eq!(load_changed(dir.path(), &mut parsed).unwrap().expect("a gone").objects.len(), 1);
+        std::fs::write(dir.path().join("c.yaml"), "not: [valid").unwrap();
+        let snap = load_changed(dir.path(), &mut parsed).unwrap().expect("c added");
+        assert_eq!((snap.objects.len(), snap.problems.len()), (1, 1));
+        let again = load_changed(dir.path(), &mut parsed).unwrap();
+        assert!(again.is_none(), "a bad file unchanged is not read again: {again:?}");
     }
 
     #[test]
