@@ -887,21 +887,26 @@ impl Drop for ControllerProcess {
 /// counted in another's steady state), and a controller reconciles every namespace.
 static AGENTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The first Event of `events` with `reason`, if there is one now.
+async fn first_event(
+    events: &Api<k8s_openapi::api::events::v1::Event>,
+    reason: &str,
+) -> Option<k8s_openapi::api::events::v1::Event> {
+    events
+        .list(&Default::default())
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some(reason))
+}
+
 /// The first Event of `events` with `reason`, waited for.
 async fn event_with_reason(
     events: &Api<k8s_openapi::api::events::v1::Event>,
     reason: &str,
 ) -> k8s_openapi::api::events::v1::Event {
-    eventually(&format!("an Event {reason}"), Duration::from_secs(20), || async {
-        events
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some(reason))
-    })
-    .await
+    eventually(&format!("an Event {reason}"), Duration::from_secs(20), || first_event(events, reason)).await
 }
 
 /// The agent in Kubernetes mode against the real API server: a pod on its node (its status set
@@ -1483,18 +1488,7 @@ async fn the_leader_evicts_a_failing_pod_within_its_disruption_budget() {
     failing.set_status(503);
 
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &namespace);
-    let find = |reason: &'static str| {
-        let events = events.clone();
-        async move {
-            events
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some(reason))
-        }
-    };
+    let find = |reason: &'static str| first_event(&events, reason);
     let controller_log = || std::fs::read_to_string(dir.path().join("controller.log")).unwrap_or_default();
     let refused =
         eventually("the budget refuses the eviction", Duration::from_secs(60), || find("EvictionRefused"))

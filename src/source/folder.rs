@@ -213,30 +213,17 @@ pub fn parse(file: &str, text: &str) -> (Vec<Loaded>, Vec<LoadError>) {
             .unwrap_or(DEFAULT_NAMESPACE)
             .to_owned();
         let object_label = name.as_ref().map(|n| format!("{namespace}/{n}"));
-        let mut unknown = Vec::new();
-        let mut record = |path: serde_ignored::Path<'_>| {
-            let path = path.to_string();
-            // The generated root type checks these two itself and leaves them unused.
-            if path != "apiVersion" && path != "kind" {
-                unknown.push(path);
-            }
-        };
-        let de = serde_ignored::Deserializer::new(doc, &mut record);
-        let parsed: Result<HealthCheck, _> = serde_path_to_error::deserialize(de);
-        match parsed {
-            Err(e) => {
-                let path = e.path().to_string();
-                let field = if path == "." || path.is_empty() { String::new() } else { format!("{path}: ") };
-                errors.push(err(object_label, format!("{field}{}", e.inner())));
-            }
-            Ok(_) if !unknown.is_empty() => {
+        // The generated root type checks these two itself and leaves them unused.
+        match super::strict::<HealthCheck>(doc, &["apiVersion", "kind"]) {
+            Err(message) => errors.push(err(object_label, message)),
+            Ok((_, unknown)) if !unknown.is_empty() => {
                 let fields: Vec<String> = unknown.iter().map(|p| format!("{p:?}")).collect();
                 errors.push(err(
                     object_label,
                     format!("unknown field {} (see `kubectl explain healthcheck.spec`)", fields.join(", ")),
                 ));
             }
-            Ok(mut object) => {
+            Ok((mut object, _)) => {
                 if name.is_none() {
                     errors.push(err(None, "metadata.name: required".to_owned()));
                     continue;

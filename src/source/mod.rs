@@ -147,6 +147,32 @@ impl Catalog {
     }
 }
 
+/// `doc` as a `T`: an error names the field (`spec.probe.http.port: invalid type…`); with it,
+/// the fields `T` has no place for (unknown fields), but for those in `unused` (fields a type
+/// checks itself and leaves unused).
+pub fn strict<T: serde::de::DeserializeOwned>(
+    doc: serde_json::Value,
+    unused: &[&str],
+) -> Result<(T, Vec<String>), String> {
+    let mut unknown = Vec::new();
+    let mut record = |path: serde_ignored::Path<'_>| {
+        let path = path.to_string();
+        if !unused.contains(&path.as_str()) {
+            unknown.push(path);
+        }
+    };
+    let de = serde_ignored::Deserializer::new(doc, &mut record);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(de);
+    match parsed {
+        Ok(value) => Ok((value, unknown)),
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." || path.is_empty() { String::new() } else { format!("{path}: ") };
+            Err(format!("{field}{}", e.inner()))
+        }
+    }
+}
+
 /// Field errors as one line.
 pub fn join(errors: &[FieldError]) -> String {
     errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")

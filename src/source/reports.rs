@@ -38,14 +38,8 @@ pub fn problems(report: &UserReport) -> Vec<String> {
 
 /// One report file: the same YAML as an InstanceStatus's `spec.report`.
 pub fn parse(text: &str) -> Result<UserReport, String> {
-    let de = serde_saphyr::from_str::<serde_json::Value>(text).map_err(|e| e.to_string())?;
-    let mut unknown = Vec::new();
-    let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
-    let ignored = serde_ignored::Deserializer::new(de, &mut record);
-    let report: UserReport = serde_path_to_error::deserialize(ignored).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." || path.is_empty() { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
-    })?;
+    let doc = serde_saphyr::from_str::<serde_json::Value>(text).map_err(|e| e.to_string())?;
+    let (report, unknown): (UserReport, _) = super::strict(doc, &[])?;
     if !unknown.is_empty() {
         return Err(format!(
             "unknown field {} (the fields are status, reasons, description, startTime, endTime)",

@@ -114,6 +114,9 @@ struct Inner {
     restored: HashMap<String, Restored>,
     /// The owners' reports, by instance id or name.
     reports: HashMap<String, UserReport>,
+    /// Whether some instance holds a report: without reports and without any held, the
+    /// periodic refresh has nothing to look at.
+    reports_held: bool,
     feed: Feed,
 }
 
@@ -610,11 +613,16 @@ impl Store {
         let now = self.clock.now();
         let mut guard = self.lock();
         let inner = &mut *guard;
+        if inner.reports.is_empty() && !inner.reports_held {
+            return;
+        }
         let mut changed = Vec::new();
         let mut events = Vec::new();
+        let mut held = false;
         for (id, e) in &mut inner.instances {
             let report = inner.reports.get(id).or_else(|| inner.reports.get(&e.instance.name));
             let reported = report.filter(|r| r.in_effect(now)).map(|r| r.status);
+            held |= report.is_some();
             if e.report.as_deref() == report && e.reported == reported {
                 continue;
             }
@@ -634,6 +642,7 @@ impl Store {
             e.reported = reported;
             changed.push(id.clone());
         }
+        inner.reports_held = held;
         for id in &changed {
             inner.changed_instance(id);
         }
