@@ -1,7 +1,10 @@
 //! `make bench-docker`: the agent watching N running containers (default 50) of the local Docker
 //! engine with stats sampled every 10 s. Prints the latency of the container summary
 //! (`/api/v1/containers/health`, sequential requests) and the agent's CPU and memory while it
-//! monitors them. Not a test: it prints figures.
+//! monitors them. Then the cost of an `exec` check inside a container: Docker's own HEALTHCHECK
+//! exec against vigil's `exec` probe (through the Engine's exec API), each on
+//! `VIGIL_BENCH_EXEC_CONTAINERS` (default 4) containers at a 1 s period, CPU of the whole machine
+//! over a baseline of the same containers unchecked. Not a test: it prints figures.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -64,6 +67,128 @@ fn get(addr: SocketAddr, path: &str) -> (String, usize) {
     s.read_to_string(&mut out).unwrap();
     let len = out.len();
     (out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default(), len)
+}
+
+/// CPU seconds the whole machine spent busy (every state but idle and iowait) since boot.
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let f: Vec<f64> =
+        stat.lines().next().unwrap().split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    let total: f64 = f.iter().take(8).sum();
+    (total - f[3] - f[4]) / 100.0
+}
+
+/// Busy CPU seconds of the machine over `window`, and the execs that ended meanwhile in
+/// containers whose name starts with `prefix` (a HEALTHCHECK run and a vigil probe are both one),
+/// counted from the Engine's event stream as it happens: a query of past events afterwards would
+/// see only the last 256 the Engine keeps.
+fn busy_over(window: Duration, prefix: &str) -> (f64, usize) {
+    // Start on a second boundary, so the event stream's whole seconds match the window.
+    let start = unix_now() + 1;
+    let until = start + window.as_secs();
+    let events = Command::new("docker")
+        .args(["events", "--since", &start.to_string(), "--until", &until.to_string()])
+        .args(["--filter", "type=container", "--filter", "event=exec_die"])
+        .args(["--format", "{{.Actor.Attributes.name}}"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while unix_now() < start {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let b0 = machine_busy_seconds();
+    std::thread::sleep(window);
+    let busy = machine_busy_seconds() - b0;
+    // The stream ends by itself at `until`.
+    let out = events.wait_with_output().unwrap();
+    let execs = String::from_utf8_lossy(&out.stdout).lines().filter(|name| name.starts_with(prefix)).count();
+    (busy, execs)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn run_containers(prefix: &str, n: usize, health: bool) {
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        let mut args =
+            vec!["run", "-d", "--init", "--label", LABEL, "--label", "vigil.exec=1", "--name", &name];
+        if health {
+            args.extend(["--health-cmd", "true", "--health-interval", "1s", "--health-start-period", "0s"]);
+        }
+        args.extend([IMAGE, "sleep", "3600"]);
+        docker(&args);
+    }
+}
+
+/// Docker's HEALTHCHECK exec against vigil's exec probe, per check, in CPU of the machine.
+fn exec_cost(window: Duration) {
+    let n: usize = env_or("VIGIL_BENCH_EXEC_CONTAINERS", "4").parse().unwrap();
+    println!();
+    println!("exec checks in {n} containers, period 1 s, window {}s:", window.as_secs());
+    // Baseline: the containers, unchecked.
+    run_containers("vigil-exec-plain-", n, false);
+    std::thread::sleep(Duration::from_secs(3));
+    let (baseline, _) = busy_over(window, "vigil-exec-plain-");
+    // Docker's own HEALTHCHECK, `true` every second.
+    run_containers("vigil-exec-docker-", n, true);
+    std::thread::sleep(Duration::from_secs(5));
+    let (busy, checks) = busy_over(window, "vigil-exec-docker-");
+    let docker_ms = (busy - baseline) * 1e3 / checks as f64;
+    println!(
+        "  Docker HEALTHCHECK exec: {checks} checks, {docker_ms:.1} ms of machine CPU per check (dockerd, containerd, shim, runc)"
+    );
+    for i in 0..n {
+        docker(&["rm", "-f", &format!("vigil-exec-docker-{i}")]);
+    }
+    // vigil's exec probe in the same (unchecked) containers, through the Engine's exec API.
+    let dir = tempfile::tempdir().unwrap();
+    let checks_dir = dir.path().join("checks");
+    std::fs::create_dir_all(&checks_dir).unwrap();
+    std::fs::write(
+        checks_dir.join("exec.yaml"),
+        "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata: {name: exec}\nspec:\n  target: {containers: {selector: {matchLabels: {vigil.exec: \"1\"}}}}\n  probe: {exec: {command: [\"true\"]}, periodSeconds: 1}\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["agent", "--node-name", "bench", "--log-level", "warn"])
+        .args(["--docker-socket", "/var/run/docker.sock", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--checks-dir")
+        .arg(&checks_dir)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A baseline of the idle agent would need the agent without the check; its idle cost is a
+    // fraction of a millisecond per second, counted here as part of the probes' cost.
+    std::thread::sleep(Duration::from_secs(8));
+    let pid = agent.id();
+    let a0 = cpu_seconds(pid);
+    let (busy, probes) = busy_over(window, "vigil-exec-plain-");
+    let agent_cpu = cpu_seconds(pid) - a0;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let vigil_ms = (busy - baseline) * 1e3 / probes as f64;
+    println!(
+        "  vigil exec probe (Engine exec API): {probes} probes, {vigil_ms:.1} ms of machine CPU per probe, of which the agent {:.2} ms",
+        agent_cpu * 1e3 / probes as f64
+    );
+    println!("  vigil / Docker HEALTHCHECK, per check: {:.2}", vigil_ms / docker_ms);
+    println!(
+        "  (machine CPU: busy time from /proc/stat less a {}s baseline of the unchecked containers,",
+        window.as_secs()
+    );
+    println!(
+        "  {:.1}% of one core; checks counted from the Engine's exec_die events)",
+        baseline / window.as_secs_f64() * 100.0
+    );
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -199,4 +324,8 @@ fn main() {
     );
     let _ = agent.kill();
     let _ = agent.wait();
+    remove_bench_containers();
+    if env_or("VIGIL_BENCH_EXEC", "1") != "0" {
+        exec_cost(Duration::from_secs(env_or("VIGIL_BENCH_EXEC_WINDOW", "30").parse().unwrap()));
+    }
 }

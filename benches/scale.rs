@@ -4,7 +4,8 @@
 //! scheduler lateness p50/p99, RSS and peak, the time to readiness and to steady state, the
 //! `/metrics` size and scrape time, and `/v1/health` latency while it runs; then the floors, each
 //! measured here in the same run: a Rust client opening a new connection per HTTP request, a
-//! connect + close loop with `SO_LINGER 0`, and `wrk` when installed.
+//! connect + close loop with `SO_LINGER 0`, `wrk` when installed, and monit checking
+//! `VIGIL_BENCH_MONIT` (default 2,000) HTTP targets when installed.
 //!
 //! Not a test: it asserts nothing, it measures. Options through the environment:
 //! `VIGIL_BENCH_SIZES` (default `1000,10000`), `VIGIL_BENCH_SECONDS` (measured window, default 20),
@@ -127,7 +128,7 @@ impl Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = format!(
-            "worker_processes 1;\nerror_log {0}/error.log warn;\npid {0}/nginx.pid;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {0};\n  proxy_temp_path {0};\n  fastcgi_temp_path {0};\n  uwsgi_temp_path {0};\n  scgi_temp_path {0};\n  server {{\n    listen {port} reuseport backlog=4096;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+            "worker_processes 1;\nerror_log {0}/error.log warn;\npid {0}/nginx.pid;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {0};\n  proxy_temp_path {0};\n  fastcgi_temp_path {0};\n  uwsgi_temp_path {0};\n  scgi_temp_path {0};\n  server {{\n    listen {port} reuseport backlog=4096;\n    location = /nginx_status {{ stub_status; }}\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
             dir.path().display()
         );
         let path = dir.path().join("nginx.conf");
@@ -177,6 +178,57 @@ impl Drop for Nginx {
             let _ = Command::new("kill").args(["-KILL", &worker.to_string()]).stderr(Stdio::null()).status();
         }
     }
+}
+
+/// Requests nginx has answered since it started (its stub_status), this one included.
+fn nginx_requests(port: u16) -> f64 {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let status = get(addr, "/nginx_status");
+    // "Active connections: 1\nserver accepts handled requests\n 12 12 12\n…"
+    status.lines().nth(2).and_then(|l| l.split_whitespace().nth(2)?.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// monit (Debian's) checking `n` HTTP targets with a 1 s cycle, for `window` after a warm-up:
+/// requests per second (counted by nginx), monit's CPU µs per request, and its RSS in MiB.
+fn monit(port: u16, n: usize, window: Duration) -> Option<(f64, f64, f64)> {
+    let exe =
+        [PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin/monit"), PathBuf::from("monit")]
+            .into_iter()
+            .find(|p| Command::new(p).arg("-V").stdout(Stdio::null()).status().is_ok_and(|s| s.success()))?;
+    let dir = tempfile::tempdir().ok()?;
+    let d = dir.path().display();
+    let mut conf = format!(
+        "set daemon 1\nset logfile {d}/monit.log\nset pidfile {d}/monit.pid\nset idfile {d}/monit.id\nset statefile {d}/monit.state\n"
+    );
+    for i in 0..n {
+        conf.push_str(&format!(
+            "check host bench-{i} with address {}\n  if failed port {port} protocol http request \"/health\" then alert\n",
+            loopback(i)
+        ));
+    }
+    let path = dir.path().join("monitrc");
+    std::fs::write(&path, conf).ok()?;
+    // monit refuses a control file others may read.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).ok()?;
+    let mut child = Command::new(&exe)
+        .arg("-I")
+        .arg("-c")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_secs(5));
+    let (cpu0, req0, t0) = (cpu_seconds(child.id()), nginx_requests(port), Instant::now());
+    std::thread::sleep(window);
+    let (cpu1, req1, elapsed) = (cpu_seconds(child.id()), nginx_requests(port), t0.elapsed().as_secs_f64());
+    let (rss, _) = rss_mib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    // Less the stub_status request itself.
+    let requests = req1 - req0 - 1.0;
+    Some((requests / elapsed, (cpu1 - cpu0) * 1e6 / requests, rss))
 }
 
 /// The i-th loopback address: 127.1.0.1, 127.1.0.2, … (all of 127/8 reaches loopback on Linux),
@@ -283,6 +335,7 @@ struct Row {
     health_p50_ms: f64,
     health_p99_ms: f64,
     nginx_cpu_us: f64,
+    reload_ms: f64,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -388,6 +441,7 @@ fn run_agent(nginx: &Nginx, kind: &str, n: usize, per_check: usize, window: Dura
         std::thread::sleep(Duration::from_millis(5));
     }
     let (rss, peak) = rss_mib(pid);
+    let reload_ms = reload_cost(addr, pid, &checks);
     let _ = agent.kill();
     let _ = agent.wait();
 
@@ -417,7 +471,33 @@ fn run_agent(nginx: &Nginx, kind: &str, n: usize, per_check: usize, window: Dura
         health_p50_ms: percentile(&health, 0.50),
         health_p99_ms: percentile(&health, 0.99),
         nginx_cpu_us: (ng1 - ng0) * 1e6 / probes,
+        reload_ms,
     }
+}
+
+/// The agent's CPU, in ms, for a reload that edits one HealthCheck (its timeout) in the first
+/// file of `checks`: its CPU over the 5 s after the edit less its CPU over the 5 s before, probing
+/// going on in both. NaN when the edit was not taken up within those 5 s.
+fn reload_cost(addr: SocketAddr, pid: u32, checks: &Path) -> f64 {
+    let span = Duration::from_secs(5);
+    let c0 = cpu_seconds(pid);
+    std::thread::sleep(span);
+    let c1 = cpu_seconds(pid);
+    let file = checks.join("bench-0.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen("periodSeconds: 1\n", "periodSeconds: 1\n    timeoutSeconds: 2\n", 1),
+    )
+    .unwrap();
+    std::thread::sleep(span);
+    let c2 = cpu_seconds(pid);
+    let docs = get(addr, "/v1/healthchecks");
+    if !docs.contains("\"generation\":2,\"name\":\"bench-0\"") {
+        eprintln!("warning: the edit of bench-0 was not taken up within {span:?}");
+        return f64::NAN;
+    }
+    ((c2 - c1) - (c1 - c0)) * 1e3
 }
 
 /// wrk with a new connection per request: requests and CPU (user + system) per request.
@@ -481,7 +561,7 @@ fn main() {
         }
     }
     println!(
-        "{:<16} {:>8} {:>10} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>10}",
+        "{:<16} {:>8} {:>10} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>10} {:>9}",
         "scenario (hc×t)",
         "probes/s",
         "cpu µs/pr",
@@ -499,11 +579,12 @@ fn main() {
         "scrape",
         "health50",
         "health99",
-        "nginx µs/r"
+        "nginx µs/r",
+        "reload ms"
     );
     for r in &rows {
         println!(
-            "{:<16} {:>8.0} {:>10.1} {:>7.3}ms {:>7.3}ms {:>7.2} {:>7.1} {:>7.1} {:>7.1} {:>7.2} {:>7.1} {:>8.2}% {:>8.0}K {:>8.0} {:>6.1}ms {:>7.3}ms {:>7.3}ms {:>10.1}",
+            "{:<16} {:>8.0} {:>10.1} {:>7.3}ms {:>7.3}ms {:>7.2} {:>7.1} {:>7.1} {:>7.1} {:>7.2} {:>7.1} {:>8.2}% {:>8.0}K {:>8.0} {:>6.1}ms {:>7.3}ms {:>7.3}ms {:>10.1} {:>9.0}",
             r.scenario,
             r.probes_per_s,
             r.cpu_us,
@@ -522,6 +603,7 @@ fn main() {
             r.health_p50_ms,
             r.health_p99_ms,
             r.nginx_cpu_us,
+            r.reload_ms,
         );
     }
     println!();
@@ -559,6 +641,22 @@ fn main() {
         }
         None => println!("wrk not available: no reference figure (make bench installs Debian's wrk)"),
     }
+    let monit_checks: usize = env_or("VIGIL_BENCH_MONIT", "2000").parse().unwrap_or(2000);
+    match monit(nginx.port, monit_checks, window) {
+        Some((rate, cpu_us, rss)) => {
+            println!(
+                "monit, {monit_checks} HTTP checks, 1 s cycle: {rate:.0} requests/s, {cpu_us:.1} µs CPU per request, RSS {rss:.1} MiB"
+            );
+            for r in rows.iter().filter(|r| r.scenario.starts_with("http")) {
+                println!(
+                    "  {}: vigil CPU per HTTP probe / monit's per check = {:.2}",
+                    r.scenario,
+                    r.cpu_us / cpu_us
+                );
+            }
+        }
+        None => println!("monit not available: no reference figure (make bench extracts Debian's monit)"),
+    }
     println!();
     println!(
         "Lateness quantiles are interpolated inside the histogram buckets of vigil_scheduler_lateness_seconds"
@@ -569,6 +667,8 @@ fn main() {
     println!("from /proc over the window, divided by the probes it ran (vigil_probes_total). 'ready' is the");
     println!("time from start to /readyz answering 200; 'steady' to every target probed twice and written;");
     println!("'>1s late' the share of the probes until then that started more than a period late.");
+    println!("'reload ms' the agent's CPU for a reload that edits one HealthCheck (the file holding it,");
+    println!("up to 1,000 HealthChecks, is parsed again), less its probing over the same 5 s.");
 }
 
 fn first_line(file: &str, key: &str) -> String {
