@@ -164,10 +164,8 @@ pub async fn run(args: CheckArgs) -> i32 {
     }
     let node = NodeInfo { name: "local".to_owned(), labels: Default::default() };
     for loaded in objects {
-        let key = loaded.key();
-        let mut object = loaded.object;
-        object.metadata.generation = Some(1);
-        let def = match model::validate(&object) {
+        let key = loaded.key.clone();
+        let def = match model::validate_spec(loaded.key, 1, loaded.spec) {
             Ok(def) => std::sync::Arc::new(def),
             Err(errors) => {
                 eprintln!(

@@ -414,7 +414,7 @@ impl Reconciler {
 
     fn apply(&mut self, snapshot: Snapshot) {
         let origins: std::collections::BTreeMap<_, _> =
-            snapshot.objects.iter().map(|o| (o.key(), o.origin.clone())).collect();
+            snapshot.objects.iter().map(|o| (o.key.clone(), o.origin.clone())).collect();
         let mut problems = snapshot.problems;
         let infos = self.catalog.update(snapshot.objects, self.keep_generation);
         for info in &infos {

@@ -725,7 +725,7 @@ impl Reconciler {
             let status = object.data.get("status").and_then(|s| serde_json::from_value(s.clone()).ok());
             current.insert(key.clone(), status);
             match crate::cluster::decode_health_check(object) {
-                Ok(hc) => loaded.push(Loaded { object: hc, origin: format!("HealthCheck {key}") }),
+                Ok(hc) => loaded.push(Loaded::new(hc, format!("HealthCheck {key}"))),
                 Err(e) => undecodable.push((key, object.metadata.generation.unwrap_or(1), e)),
             }
         }

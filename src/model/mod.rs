@@ -16,7 +16,7 @@ use kube::core::{Selector, SelectorExt};
 use crate::api::HealthCheckSpec;
 use crate::probe::ProbeSpec;
 
-pub use validate::{FieldError, validate};
+pub use validate::{FieldError, validate, validate_spec};
 
 /// Identifies a HealthCheck: `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

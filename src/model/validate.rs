@@ -16,7 +16,7 @@ use super::{
     ActionDef, ActionKind, CheckDef, CheckKey, Endpoint, Limit, RestartPolicy, TargetDef, Timing,
     WorkloadSelector,
 };
-use crate::api::{self, ActionType, HealthCheck, Scheme};
+use crate::api::{self, ActionType, HealthCheck, HealthCheckSpec, Scheme};
 use crate::probe::exec::ExecSpec;
 use crate::probe::grpc::GrpcSpec;
 use crate::probe::http::{BodyMatcher, HttpSpec, StatusRanges};
@@ -54,12 +54,22 @@ impl Errors {
 
 /// Validates a HealthCheck. Its namespace must be set (the loader defaults it).
 pub fn validate(hc: &HealthCheck) -> Result<CheckDef, Vec<FieldError>> {
+    let key = CheckKey::new(
+        hc.metadata.namespace.clone().unwrap_or_default(),
+        hc.metadata.name.clone().unwrap_or_default(),
+    );
+    validate_spec(key, hc.metadata.generation.unwrap_or(1), std::sync::Arc::new(hc.spec.clone()))
+}
+
+/// Validates the HealthCheck `key` of `generation`; the definition holds `spec` itself.
+pub fn validate_spec(
+    key: CheckKey,
+    generation: i64,
+    spec: std::sync::Arc<HealthCheckSpec>,
+) -> Result<CheckDef, Vec<FieldError>> {
     let mut errors = Errors::default();
-    let name = hc.metadata.name.clone().unwrap_or_default();
-    let namespace = hc.metadata.namespace.clone().unwrap_or_default();
-    check_dns_name(&mut errors, "metadata.name", &name, 253);
-    check_dns_name(&mut errors, "metadata.namespace", &namespace, 63);
-    let spec = &hc.spec;
+    check_dns_name(&mut errors, "metadata.name", &key.name, 253);
+    check_dns_name(&mut errors, "metadata.namespace", &key.namespace, 63);
 
     let target = target(&mut errors, &spec.target);
     let node_selector =
@@ -70,15 +80,15 @@ pub fn validate(hc: &HealthCheck) -> Result<CheckDef, Vec<FieldError>> {
 
     match (target, probe, errors.0.is_empty()) {
         (Some(target), Some(probe), true) => Ok(CheckDef {
-            key: CheckKey::new(namespace, name),
-            generation: hc.metadata.generation.unwrap_or(1),
+            key,
+            generation,
             target,
             node_selector,
             probe,
             timing,
             action,
             suspend: spec.suspend,
-            spec: std::sync::Arc::new(spec.clone()),
+            spec,
         }),
         _ => Err(errors.0),
     }

@@ -171,7 +171,7 @@ pub fn instance_status(view: &InstanceView, namespace: &str) -> InstanceStatus {
 
 /// A HealthCheck with its status.
 pub fn health_check(view: CheckView) -> HealthCheck {
-    let mut doc = HealthCheck::new(&view.key.name, view.spec);
+    let mut doc = HealthCheck::new(&view.key.name, std::sync::Arc::unwrap_or_clone(view.spec));
     doc.metadata = ObjectMeta {
         name: Some(view.key.name.clone()),
         namespace: Some(view.key.namespace.clone()),

@@ -115,15 +115,8 @@ impl CheckSource for ApiSource {
                 .await
                 .map(|(result, _, _)| result)
                 {}
-                let snapshot = snapshot(&watches);
-                verdicts.replace(snapshot.objects.iter().map(|o| {
-                    let status = o.object.status.as_ref();
-                    let verdict = Verdict {
-                        allowed: status.and_then(|s| s.remediation_allowed),
-                        unhealthy: status.map_or(0, |s| s.unhealthy),
-                    };
-                    (o.key(), verdict)
-                }));
+                let (snapshot, verdicts_now) = snapshot(&watches);
+                verdicts.replace(verdicts_now);
                 if tx.send(Update::Snapshot(snapshot)).await.is_err() {
                     return;
                 }
@@ -132,19 +125,29 @@ impl CheckSource for ApiSource {
     }
 }
 
-fn snapshot(watches: &[Objects<DynamicObject>]) -> Snapshot {
+/// What the watches hold, and the controller's verdict on each HealthCheck (from its status).
+fn snapshot(watches: &[Objects<DynamicObject>]) -> (Snapshot, Vec<(CheckKey, Verdict)>) {
     let mut snapshot = Snapshot::default();
+    let mut verdicts = Vec::new();
     for object in watches.iter().flat_map(|w| w.current().values()) {
         let key = CheckKey::new(
             object.metadata.namespace.clone().unwrap_or_default(),
             object.metadata.name.clone().unwrap_or_default(),
         );
         match crate::cluster::decode_health_check(object) {
-            Ok(hc) => snapshot.objects.push(Loaded { object: hc, origin: format!("HealthCheck {key}") }),
+            Ok(hc) => {
+                let status = hc.status.as_ref();
+                let verdict = Verdict {
+                    allowed: status.and_then(|s| s.remediation_allowed),
+                    unhealthy: status.map_or(0, |s| s.unhealthy),
+                };
+                verdicts.push((key.clone(), verdict));
+                snapshot.objects.push(Loaded::new(hc, format!("HealthCheck {key}")));
+            }
             Err(e) => snapshot.problems.push(format!("HealthCheck {key}: {e}; not run")),
         }
     }
-    snapshot
+    (snapshot, verdicts)
 }
 
 /// This node's labels, kept current from a watch of its Node (they feed `spec.nodeSelector`).

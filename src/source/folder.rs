@@ -128,7 +128,7 @@ pub fn load_changed(dir: &Path, parsed: &mut Parsed) -> Result<Option<Snapshot>,
         };
         snapshot.problems.extend(errors.iter().cloned());
         for loaded in objects.iter().cloned() {
-            let key = loaded.key().to_string();
+            let key = loaded.key.to_string();
             if let Some(first) = seen.get(&key) {
                 let duplicate = LoadError {
                     file: label.clone(),
@@ -229,7 +229,7 @@ pub fn parse(file: &str, text: &str) -> (Vec<Loaded>, Vec<LoadError>) {
                     continue;
                 }
                 object.metadata.namespace = Some(namespace);
-                objects.push(Loaded { object, origin: format!("{file} document {n}") });
+                objects.push(Loaded::new(object, format!("{file} document {n}")));
             }
         }
     }
@@ -395,7 +395,7 @@ metadata: {name: future}
 "#;
         let (objects, errors) = parse("checks.yaml", text);
         assert_eq!(objects.len(), 1);
-        assert_eq!(objects[0].key().to_string(), "web/good");
+        assert_eq!(objects[0].key.to_string(), "web/good");
         assert_eq!(objects[0].origin, "checks.yaml document 2");
         assert_eq!(errors.len(), 3, "{errors:#?}");
         let typo = errors[0].to_string();
@@ -431,8 +431,8 @@ metadata: {name: future}
         std::fs::write(dir.path().join("b.yaml"), doc("b", 3)).unwrap();
         let snap = load_changed(dir.path(), &mut parsed).unwrap().expect("b changed");
         assert_eq!(snap.objects.len(), 2, "the unchanged file's check is still there");
-        let b = snap.objects.iter().find(|o| o.key().name == "b").unwrap();
-        assert!(serde_json::to_string(&b.object.spec).unwrap().contains("\"port\":3"));
+        let b = snap.objects.iter().find(|o| o.key.name == "b").unwrap();
+        assert!(serde_json::to_string(&*b.spec).unwrap().contains("\"port\":3"));
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
         assert_eq!(load_changed(dir.path(), &mut parsed).unwrap().expect("a gone").objects.len(), 1);
         std::fs::write(dir.path().join("c.yaml"), "not: [valid").unwrap();

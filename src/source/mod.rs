@@ -52,22 +52,31 @@ pub struct Snapshot {
     pub problems: Vec<String>,
 }
 
-/// A HealthCheck read from a source, with where it came from.
+/// A HealthCheck read from a source, with where it came from: what the catalog needs of it, its
+/// spec shared (a source that keeps what it read, the catalog and the running definition hold one
+/// copy between them).
 #[derive(Clone, Debug)]
 pub struct Loaded {
-    /// The object (namespace defaulted).
-    pub object: HealthCheck,
+    /// `namespace/name` (the namespace defaulted).
+    pub key: CheckKey,
+    /// `metadata.generation` as the source gave it.
+    pub generation: Option<i64>,
+    /// The spec.
+    pub spec: Arc<HealthCheckSpec>,
     /// Where it was read: `file.yaml document 2`.
     pub origin: String,
 }
 
 impl Loaded {
-    /// `namespace/name` of the object.
-    pub fn key(&self) -> CheckKey {
-        CheckKey::new(
-            self.object.metadata.namespace.clone().unwrap_or_default(),
-            self.object.metadata.name.clone().unwrap_or_default(),
-        )
+    /// The parts of `object` the catalog takes.
+    pub fn new(object: HealthCheck, origin: String) -> Loaded {
+        let HealthCheck { metadata, spec, .. } = object;
+        Loaded {
+            key: CheckKey::new(metadata.namespace.unwrap_or_default(), metadata.name.unwrap_or_default()),
+            generation: metadata.generation,
+            spec: Arc::new(spec),
+            origin,
+        }
     }
 }
 
@@ -94,27 +103,22 @@ impl Catalog {
     pub fn update(&mut self, objects: Vec<Loaded>, keep_generation: bool) -> Vec<CheckInfo> {
         let mut next = BTreeMap::new();
         for loaded in objects {
-            let key = loaded.key();
+            let Loaded { key, generation: given, spec, .. } = loaded;
             let previous = self.entries.remove(&key);
+            // A source that kept what it read hands back the same spec: no deep comparison.
+            let same = |p: &Entry| Arc::ptr_eq(&p.spec, &spec) || *p.spec == *spec;
             let generation = match (&previous, keep_generation) {
-                (_, true) => loaded.object.metadata.generation.unwrap_or(1),
-                (Some(p), false) if *p.spec == loaded.object.spec => p.generation,
+                (_, true) => given.unwrap_or(1),
+                (Some(p), false) if same(p) => p.generation,
                 (Some(p), false) => p.generation + 1,
                 (None, false) => 1,
             };
-            let mut object = loaded.object;
-            object.metadata.generation = Some(generation);
             let entry = match previous {
-                Some(p) if *p.spec == object.spec && p.generation == generation => p,
-                previous => match model::validate(&object) {
-                    Ok(def) => Entry {
-                        spec: def.spec.clone(),
-                        generation,
-                        running: Some(Arc::new(def)),
-                        invalid: None,
-                    },
+                Some(p) if same(&p) && p.generation == generation => p,
+                previous => match model::validate_spec(key.clone(), generation, spec.clone()) {
+                    Ok(def) => Entry { spec, generation, running: Some(Arc::new(def)), invalid: None },
                     Err(errors) => Entry {
-                        spec: Arc::new(object.spec),
+                        spec,
                         generation,
                         running: previous.and_then(|p| p.running),
                         invalid: Some(join(&errors)),
@@ -185,7 +189,7 @@ mod tests {
     fn loaded(yaml: &str) -> Loaded {
         let mut object: HealthCheck = serde_saphyr::from_str(yaml).unwrap();
         object.metadata.namespace = Some("default".into());
-        Loaded { object, origin: "test".into() }
+        Loaded::new(object, "test".into())
     }
 
     const GOOD: &str = "

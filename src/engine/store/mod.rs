@@ -178,7 +178,7 @@ impl Inner {
         };
         let status = aggregate::health_check_status(&facts, targets, &entry.conditions, now);
         entry.conditions.clone_from(&status.conditions);
-        Some(CheckView { key: key.clone(), spec: (*info.spec).clone(), generation: info.generation, status })
+        Some(CheckView { key: key.clone(), spec: info.spec.clone(), generation: info.generation, status })
     }
 }
 
@@ -312,7 +312,7 @@ impl Store {
                 Some(entry) => {
                     let changed = entry.info.generation != info.generation
                         || entry.info.invalid != info.invalid
-                        || entry.info.spec != info.spec;
+                        || !(Arc::ptr_eq(&entry.info.spec, &info.spec) || entry.info.spec == info.spec);
                     entry.info = info;
                     if changed {
                         inner.changed_check(&key);

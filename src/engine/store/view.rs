@@ -72,8 +72,8 @@ pub struct ResultView {
 pub struct CheckView {
     /// Which.
     pub key: CheckKey,
-    /// The spec as last written.
-    pub spec: HealthCheckSpec,
+    /// The spec as last written (shared with the store's).
+    pub spec: std::sync::Arc<HealthCheckSpec>,
     /// Its generation.
     pub generation: i64,
     /// Status aggregated over its targets here ([`crate::engine::aggregate`]).
