@@ -133,7 +133,8 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 8)]
     pub max_concurrent_exec: usize,
 
-    /// Threads running probes. Default: one per CPU, at most 4.
+    /// The most threads probes run on. Default: one per CPU, at most 4. Of these, as many are
+    /// used as the probe rate needs: one per 15,000 probes per second (a TLS probe counts ten).
     #[arg(long)]
     pub probe_threads: Option<usize>,
 

