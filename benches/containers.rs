@@ -111,6 +111,31 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// A standalone agent on the local Engine with `healthcheck` (one document) in its checks folder
+/// and `args` besides: its folders (gone with the directory), the process and its address.
+fn start_agent(healthcheck: &str, args: &[&str]) -> (tempfile::TempDir, std::process::Child, SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let checks = dir.path().join("checks");
+    std::fs::create_dir_all(&checks).unwrap();
+    std::fs::write(checks.join("check.yaml"), healthcheck).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let agent = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["agent", "--node-name", "bench", "--log-level", "warn"])
+        .args(args)
+        .args(["--docker-socket", "/var/run/docker.sock", "--listen", &addr.to_string()])
+        .arg("--checks-dir")
+        .arg(&checks)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (dir, agent, addr)
+}
+
 fn run_containers(prefix: &str, n: usize, health: bool) {
     for i in 0..n {
         let name = format!("{prefix}{i}");
@@ -145,27 +170,10 @@ fn exec_cost(window: Duration) {
         docker(&["rm", "-f", &format!("vigil-exec-docker-{i}")]);
     }
     // vigil's exec probe in the same (unchecked) containers, through the Engine's exec API.
-    let dir = tempfile::tempdir().unwrap();
-    let checks_dir = dir.path().join("checks");
-    std::fs::create_dir_all(&checks_dir).unwrap();
-    std::fs::write(
-        checks_dir.join("exec.yaml"),
+    let (_dir, mut agent, _) = start_agent(
         "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata: {name: exec}\nspec:\n  target: {containers: {selector: {matchLabels: {vigil.exec: \"1\"}}}}\n  probe: {exec: {command: [\"true\"]}, periodSeconds: 1}\n",
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["agent", "--node-name", "bench", "--log-level", "warn"])
-        .args(["--docker-socket", "/var/run/docker.sock", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--checks-dir")
-        .arg(&checks_dir)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        &[],
+    );
     // A baseline of the idle agent would need the agent without the check; its idle cost is a
     // fraction of a millisecond per second, counted here as part of the probes' cost.
     std::thread::sleep(Duration::from_secs(8));
@@ -227,28 +235,10 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let checks = dir.path().join("checks");
-    std::fs::create_dir_all(&checks).unwrap();
-    std::fs::write(
-        checks.join("containers.yaml"),
+    let (_dir, mut agent, addr) = start_agent(
         "apiVersion: vigil.dev/v1alpha1\nkind: HealthCheck\nmetadata: {name: bench}\nspec:\n  target: {containers: {selector: {matchLabels: {vigil.bench: \"1\"}}}}\n  probe: {docker: {}, periodSeconds: 10}\n",
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["agent", "--node-name", "bench", "--log-level", "warn", "--docker-stats-interval", "10s"])
-        .args(["--docker-socket", "/var/run/docker.sock", "--listen", &addr.to_string()])
-        .arg("--checks-dir")
-        .arg(&checks)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        &["--docker-stats-interval", "10s"],
+    );
     let pid = agent.id();
     // Ready when every container has its first stats sample.
     let deadline = Instant::now() + Duration::from_secs(120);

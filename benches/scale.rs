@@ -627,32 +627,18 @@ fn main() {
     println!(
         "connect + close floor (SO_LINGER 0, this process): {connects:.0}/s, {connect_us:.1} µs CPU per connection"
     );
-    for r in rows.iter().filter(|r| r.scenario.starts_with("tcp")) {
-        println!("  {}: vigil CPU per TCP probe / connect floor = {:.2}", r.scenario, r.cpu_us / connect_us);
-    }
+    ratios(&rows, "tcp", "connect floor", connect_us);
     let (requests, http_us) = http_floor(nginx.port, floor_window);
     println!(
         "HTTP floor, Rust client, new connection per request: {requests:.0}/s, {http_us:.1} µs CPU per request"
     );
-    for r in rows.iter().filter(|r| r.scenario.starts_with("http")) {
-        println!(
-            "  {}: vigil CPU per HTTP probe / Rust client's per request = {:.2}",
-            r.scenario,
-            r.cpu_us / http_us
-        );
-    }
+    ratios(&rows, "http", "Rust client's per request", http_us);
     match wrk(nginx.port) {
         Some((requests, rate, cpu_us)) => {
             println!(
                 "wrk, new connection per request: {requests:.0} requests, {rate:.0}/s, {cpu_us:.1} µs CPU per request"
             );
-            for r in rows.iter().filter(|r| r.scenario.starts_with("http")) {
-                println!(
-                    "  {}: vigil CPU per HTTP probe / wrk CPU per request = {:.2}",
-                    r.scenario,
-                    r.cpu_us / cpu_us
-                );
-            }
+            ratios(&rows, "http", "wrk CPU per request", cpu_us);
         }
         None => println!("wrk not available: no reference figure (make bench installs Debian's wrk)"),
     }
@@ -662,13 +648,7 @@ fn main() {
             println!(
                 "monit, {monit_checks} HTTP checks, 1 s cycle: {rate:.0} requests/s, {cpu_us:.1} µs CPU per request, RSS {rss:.1} MiB"
             );
-            for r in rows.iter().filter(|r| r.scenario.starts_with("http")) {
-                println!(
-                    "  {}: vigil CPU per HTTP probe / monit's per check = {:.2}",
-                    r.scenario,
-                    r.cpu_us / cpu_us
-                );
-            }
+            ratios(&rows, "http", "monit's per check", cpu_us);
         }
         None => println!("monit not available: no reference figure (make bench extracts Debian's monit)"),
     }
@@ -685,6 +665,18 @@ fn main() {
     println!("'reload ms' the agent's CPU for a reload that edits one HealthCheck (the file holding it,");
     println!("up to 1,000 HealthChecks, is parsed again): the CPU of its threads but the probe threads");
     println!("over the 5 s after the edit, less theirs over the 5 s before (10 ms clock ticks).");
+}
+
+/// For every `kind` scenario: its CPU per probe over a floor's, `what`.
+fn ratios(rows: &[Row], kind: &str, what: &str, floor_us: f64) {
+    for r in rows.iter().filter(|r| r.scenario.starts_with(kind)) {
+        println!(
+            "  {}: vigil CPU per {} probe / {what} = {:.2}",
+            r.scenario,
+            kind.to_uppercase(),
+            r.cpu_us / floor_us
+        );
+    }
 }
 
 fn first_line(file: &str, key: &str) -> String {
