@@ -47,13 +47,7 @@ fn ticks() -> f64 {
 
 /// CPU seconds (user + system) of a process.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields after the command: state is [0]; utime is field 14 overall, [11] here.
-    let utime: f64 = f[11].parse().unwrap();
-    let stime: f64 = f[12].parse().unwrap();
-    (utime + stime) / ticks()
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap())
 }
 
 /// CPU seconds (user + system) of the threads of `pid` that do not run probes (the probe
@@ -64,16 +58,18 @@ fn cpu_seconds_but_probing(pid: u32) -> f64 {
         .filter_map(Result::ok)
         .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
         .filter(|stat| !stat.contains("(vigil-probe-"))
-        .map(|stat| {
-            let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-            (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks()
-        })
+        .map(|stat| stat_cpu_seconds(&stat))
         .sum()
 }
 
 /// CPU seconds (user + system) of the calling thread.
 fn thread_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    stat_cpu_seconds(&std::fs::read_to_string("/proc/thread-self/stat").unwrap())
+}
+
+/// User + system CPU seconds in the text of a `/proc/…/stat`.
+fn stat_cpu_seconds(stat: &str) -> f64 {
+    // Fields after the command: state is [0]; utime is field 14 overall, [11] here.
     let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks()
 }
@@ -507,8 +503,13 @@ fn reload_cost(addr: SocketAddr, pid: u32, checks: &Path) -> f64 {
     .unwrap();
     std::thread::sleep(span);
     let c2 = cpu_seconds_but_probing(pid);
-    let docs = get(addr, "/v1/healthchecks");
-    if !docs.contains("\"generation\":2,\"name\":\"bench-0\"") {
+    let docs: serde_json::Value = serde_json::from_str(&get(addr, "/v1/healthchecks")).unwrap();
+    let edited = docs["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|doc| doc["metadata"]["name"] == "bench-0" && doc["metadata"]["generation"] == 2);
+    if !edited {
         eprintln!("warning: the edit of bench-0 was not taken up within {span:?}");
         return f64::NAN;
     }

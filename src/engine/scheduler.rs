@@ -194,19 +194,12 @@ impl Scheduler {
             self.workers.remove(&key);
             store.detach(&key.0, &key.1);
         }
-        let rate: f64 = wanted
-            .values()
-            .filter(|a| !a.suspended)
-            .map(|a| 1.0 / a.check.timing.failing_period.unwrap_or(a.check.timing.period).as_secs_f64())
-            .sum();
-        let load: f64 = wanted
-            .values()
-            .filter(|a| !a.suspended)
-            .map(|a| {
-                weight(&a.check.probe)
-                    / a.check.timing.failing_period.unwrap_or(a.check.timing.period).as_secs_f64()
-            })
-            .sum();
+        // Probes per second, and the same weighted by what each costs.
+        let (rate, load) = wanted.values().filter(|a| !a.suspended).fold((0.0, 0.0), |(rate, load), a| {
+            let per_second =
+                1.0 / a.check.timing.failing_period.unwrap_or(a.check.timing.period).as_secs_f64();
+            (rate + per_second, load + per_second * weight(&a.check.probe))
+        });
         let active = threads_for_load(load, self.threads.as_ref().map_or(1, |t| t.handles.len()));
         self.shared.slot_nanos.store(
             slot_for_rate(rate / active as f64).as_nanos() as u64,
@@ -215,7 +208,8 @@ impl Scheduler {
         store.sync_instances(plan.instances);
         for (key, a) in wanted {
             if let Some(w) = self.workers.get(&key) {
-                let same_spec = Arc::ptr_eq(&w.check, &a.check) || w.check.spec == a.check.spec;
+                let same_spec =
+                    Arc::ptr_eq(&w.check, &a.check) || crate::model::same_spec(&w.check.spec, &a.check.spec);
                 if same_spec && w.target == a.target && w.suspended == a.suspended {
                     continue;
                 }
@@ -288,8 +282,8 @@ fn weight(probe: &crate::probe::ProbeSpec) -> f64 {
 /// Probe threads to use of `threads` for `load` plain probes per second: one per
 /// [`PROBES_PER_THREAD`], at least one.
 pub fn threads_for_load(load: f64, threads: usize) -> usize {
-    let wanted = (load / PROBES_PER_THREAD).ceil();
-    if wanted.is_finite() && wanted >= 1.0 { (wanted as usize).clamp(1, threads.max(1)) } else { 1 }
+    // The cast saturates: NaN is 0, infinity usize::MAX.
+    ((load / PROBES_PER_THREAD).ceil() as usize).clamp(1, threads.max(1))
 }
 
 /// Probes are due on a grid, so that probes due about the same time share one wake-up of their

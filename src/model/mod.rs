@@ -18,6 +18,12 @@ use crate::probe::ProbeSpec;
 
 pub use validate::{FieldError, validate, validate_spec};
 
+/// Whether two specs are the same: the same allocation (a source that kept what it read hands
+/// back the spec it gave before), else equal.
+pub fn same_spec(a: &std::sync::Arc<HealthCheckSpec>, b: &std::sync::Arc<HealthCheckSpec>) -> bool {
+    std::sync::Arc::ptr_eq(a, b) || a == b
+}
+
 /// Identifies a HealthCheck: `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CheckKey {

@@ -105,8 +105,7 @@ impl Catalog {
         for loaded in objects {
             let Loaded { key, generation: given, spec, .. } = loaded;
             let previous = self.entries.remove(&key);
-            // A source that kept what it read hands back the same spec: no deep comparison.
-            let same = |p: &Entry| Arc::ptr_eq(&p.spec, &spec) || *p.spec == *spec;
+            let same = |p: &Entry| model::same_spec(&p.spec, &spec);
             let generation = match (&previous, keep_generation) {
                 (_, true) => given.unwrap_or(1),
                 (Some(p), false) if same(p) => p.generation,

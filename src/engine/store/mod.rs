@@ -312,7 +312,7 @@ impl Store {
                 Some(entry) => {
                     let changed = entry.info.generation != info.generation
                         || entry.info.invalid != info.invalid
-                        || !(Arc::ptr_eq(&entry.info.spec, &info.spec) || entry.info.spec == info.spec);
+                        || !crate::model::same_spec(&entry.info.spec, &info.spec);
                     entry.info = info;
                     if changed {
                         inner.changed_check(&key);
